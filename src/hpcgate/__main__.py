@@ -1,0 +1,5 @@
+import sys
+
+from hpcgate.cli import main
+
+sys.exit(main())

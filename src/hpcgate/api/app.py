@@ -1,0 +1,68 @@
+"""The FastAPI application: routes under /api, every answer in the NEWT envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+import hpcgate
+from hpcgate.api.envelope import failure
+from hpcgate.api.routes import auth, command, jobs
+from hpcgate.config import Config
+from hpcgate.errors import GatewayError
+from hpcgate.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+A NEWT-style HPC gateway. Every call answers
+`{"status": "OK"|"ERROR", "output": ..., "status_code": <HTTP status>, "error": "..."}`.
+Log in with `POST /api/auth`, then send the session cookie or `Authorization: Bearer <token>`.
+Everything runs on the machine as the logged-in user.
+"""
+
+
+def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
+    """The ASGI application for ``config``."""
+    app = FastAPI(
+        title="hpcgate",
+        version=hpcgate.__version__,
+        description=DESCRIPTION,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+    app.state.gateway = gateway or Gateway.from_config(config)
+    for module in (auth, command, jobs):
+        app.include_router(module.router, prefix="/api")
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return failure(exc.status_code, exc.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        messages = {
+            404: f"no such route: {request.method} {request.url.path}; see /api/docs",
+            405: f"{request.method} is not allowed on {request.url.path}; see /api/docs",
+        }
+        return failure(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return failure(400, f"bad request: {problems}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return failure(500, "internal error in the gateway; the administrators can see it in the log")
+
+    return app

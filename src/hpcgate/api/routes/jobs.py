@@ -1,0 +1,125 @@
+"""The JOB module: submit, list, inspect and kill batch jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from hpcgate.api import schemas
+from hpcgate.api.body import read_fields
+from hpcgate.api.deps import Caller, caller, gateway, machine
+from hpcgate.api.envelope import ok
+from hpcgate.api.routes import route
+from hpcgate.jobspec import parse_jobid, parse_submission
+from hpcgate.schedulers.base import JobRecord
+
+router = APIRouter(tags=["jobs"])
+
+Columns = dict[str, Callable[[JobRecord], Any]]
+
+QUEUE_COLUMNS: Columns = {
+    "status": lambda job: job.status,
+    "nodelist": lambda job: job.nodelist,
+    "name": lambda job: job.name,
+    "partition": lambda job: job.partition,
+    "user": lambda job: job.user,
+    "time": lambda job: job.elapsed,
+    "nodes": lambda job: job.nodes,
+    "id": lambda job: job.id,
+}
+JOB_COLUMNS: Columns = {
+    "status": lambda row: row.status,
+    "tasks": lambda row: "" if row.tasks is None else row.tasks,
+    "name": lambda row: row.name,
+    "partition": lambda row: row.partition,
+    "time": lambda row: row.elapsed,
+    "nodes": lambda row: row.nodes,
+    "id": lambda row: row.id,
+    "exitcode": lambda row: row.exit_code,
+    "user": lambda row: row.user,
+    "nodelist": lambda row: row.nodelist,
+}
+
+
+def columns(rows: Iterable[JobRecord], spec: Columns) -> dict[str, dict[str, Any]]:
+    """Column-oriented output, as the spec lists jobs: one object per field, keyed by id."""
+    rows = list(rows)
+    return {field: {row.id: get(row) for row in rows} for field, get in spec.items()}
+
+
+@route(
+    router,
+    "/job/{name}",
+    ["POST"],
+    summary="Submit a batch job",
+    description=(
+        "Give `jobscript` (written to `jobfilepath`, default `~/newt/`) or `jobfile` (a "
+        "script already on the machine), and optionally `jobconf`."
+    ),
+    openapi_extra=schemas.body(schemas.SubmitBody),
+    responses=schemas.example(schemas.SUBMIT_EXAMPLE),
+)
+async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+    target = machine(request, name)
+    limits = gateway(request).config.limits
+    submission = parse_submission(await read_fields(request), max_script_bytes=limits.script_bytes)
+    jobid = await target.submit(who.account, submission)
+    return ok({"jobid": jobid})
+
+
+@route(
+    router,
+    "/job/{name}",
+    ["GET"],
+    summary="Your jobs still in the queue",
+    responses=schemas.example(schemas.QUEUE_EXAMPLE),
+)
+async def queue(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+    target = machine(request, name)
+    return ok(columns(await target.queue(who.account), QUEUE_COLUMNS))
+
+
+@route(
+    router,
+    "/job/{name}/{jobid}",
+    ["GET"],
+    summary="One of your jobs, with its steps",
+    responses=schemas.example(schemas.JOB_EXAMPLE),
+)
+async def job(request: Request, name: str, jobid: str, who: Caller = Depends(caller)) -> JSONResponse:
+    target = machine(request, name)
+    return ok(columns(await target.job(who.account, parse_jobid(jobid)), JOB_COLUMNS))
+
+
+@route(
+    router,
+    "/job/{name}",
+    ["DELETE"],
+    summary="Kill one of your jobs",
+    description="The job id goes in the body (form or JSON) or the query string as `jobid`.",
+    openapi_extra=schemas.body(schemas.KillBody),
+    responses=schemas.example(""),
+)
+async def kill(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+    target = machine(request, name)
+    jobid = parse_jobid((await read_fields(request)).get("jobid"))
+    await target.cancel(who.account, jobid)
+    return ok("")
+
+
+@route(
+    router,
+    "/job/{name}/{jobid}",
+    ["DELETE"],
+    summary="Kill one of your jobs (id in the path)",
+    responses=schemas.example(""),
+)
+async def kill_by_path(
+    request: Request, name: str, jobid: str, who: Caller = Depends(caller)
+) -> JSONResponse:
+    target = machine(request, name)
+    await target.cancel(who.account, parse_jobid(jobid))
+    return ok("")

@@ -1,0 +1,119 @@
+"""The ``hpcgate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import pwd
+import sys
+
+import hpcgate
+from hpcgate.config import ConfigError, load_config
+
+log = logging.getLogger("hpcgate")
+
+EPILOG = """\
+examples:
+  hpcgate serve --config config/demo.toml
+  HPCGATE_SERVER__PORT=9000 hpcgate serve --config /etc/hpcgate/hpcgate.toml
+  hpcgate hash-password            # for an auth.users_file entry
+"""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hpcgate.api.app import create_app
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hpcgate: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        config.server.host = args.host
+    if args.port:
+        config.server.port = args.port
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        log.warning(
+            "not running as root: this gateway serves only its own user, %s; "
+            "every other login is refused",
+            me,
+        )
+    if not config.machines:
+        log.warning("no machines are configured: add a [machines.<name>] section")
+    log.info("machines: %s", ", ".join(sorted(config.machines)) or "none")
+    app = create_app(config)
+    uvicorn.run(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=config.server.log_level,
+        # CPython's loop, not uvloop: only it switches uid, gid and groups in the child
+        # (subprocess user=/group=/extra_groups=), which the local runner relies on.
+        loop="asyncio",
+        proxy_headers=False,
+    )
+    return 0
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from hpcgate.auth.users_file import hash_password
+
+    password = getpass.getpass("password: ")
+    if password != getpass.getpass("again: "):
+        print("hpcgate: the passwords differ", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="hpcgate",
+        description="An HPC web gateway that runs everything as the logged-in user.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"hpcgate {hpcgate.__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the HTTP gateway. Settings come from the TOML file and HPCGATE_* "
+        "environment variables (see config/example.toml).",
+        epilog="example:\n  hpcgate serve --config config/demo.toml --port 8080",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML config (default: $HPCGATE_CONFIG)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.set_defaults(handler=_serve)
+
+    hashing = commands.add_parser(
+        "hash-password",
+        help="print an argon2 hash for a users file",
+        description="Prompt for a password and print its argon2id hash, for the "
+        "password_hash of an entry in auth.users_file.",
+    )
+    hashing.set_defaults(handler=_hash_password)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Configuration: one TOML file, with environment overrides.
+
+Any setting can be overridden by an environment variable named ``HPCGATE_`` followed by
+its path in upper case with ``__`` between levels, e.g. ``HPCGATE_SERVER__PORT=9000`` or
+``HPCGATE_MACHINES__LN3__RUNNER=local``. Values are read as TOML values when they parse
+(numbers, booleans, quoted strings, arrays) and as plain strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "HPCGATE_"
+MACHINE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is wrong; the message says where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AuthConfig(_Section):
+    backend: Literal["pam", "users_file"] = "pam"
+    pam_service: str = "hpcgate"
+    users_file: Path | None = None
+    session_lifetime: int = Field(12 * 3600, ge=60, description="seconds a login lasts")
+    failed_login_delay: float = Field(1.0, ge=0, le=30, description="seconds a failure waits")
+    min_uid: int = Field(1000, ge=1, description="lowest uid that may use the gateway")
+    cookie_secure: bool = Field(False, description="send the cookie over HTTPS only")
+
+
+class LimitsConfig(_Section):
+    timeout: float = Field(60.0, gt=0, description="seconds a user command may run")
+    output_bytes: int = Field(1024 * 1024, ge=1024, description="stdout+stderr cap")
+    scheduler_timeout: float = Field(30.0, gt=0, description="seconds a scheduler call may take")
+    scheduler_output_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    script_bytes: int = Field(1024 * 1024, ge=1024, description="largest job script accepted")
+
+
+class MachineConfig(_Section):
+    runner: Literal["local"] = "local"
+    scheduler: Literal["slurm"] = "slurm"
+    description: str = ""
+    commands: dict[str, str] = Field(
+        default_factory=dict,
+        description="renamed scheduler commands, e.g. {sbatch = 'yhbatch'}",
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="extra environment for every action (e.g. SLURM_CONF)"
+    )
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    machines: dict[str, MachineConfig] = Field(default_factory=dict)
+
+    @field_validator("machines")
+    @classmethod
+    def _machine_names(cls, machines: dict[str, MachineConfig]) -> dict[str, MachineConfig]:
+        for name in machines:
+            if not re.match(MACHINE_NAME_PATTERN, name):
+                raise ValueError(f"machine name {name!r} must match {MACHINE_NAME_PATTERN}")
+        return machines
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG":
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{key}: empty part in the setting's path")
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file at ``path`` (or ``$HPCGATE_CONFIG``), then apply env overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(f"{ENV_PREFIX}CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _apply_env_overrides(data, environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {problems}") from exc
+    if config.auth.backend == "users_file" and config.auth.users_file is None:
+        raise ConfigError("auth.backend = 'users_file' needs auth.users_file = '<path>'")
+    if config.auth.users_file is not None and path and not config.auth.users_file.is_absolute():
+        config.auth.users_file = (Path(path).parent / config.auth.users_file).resolve()
+    return config

@@ -1,0 +1,164 @@
+"""A machine: a runner and a scheduler, and the JOB module's actions on them.
+
+This is where "as the user" and "only your own jobs" are enforced. HTTP routes call these
+methods and only translate; the methods call the runner and the scheduler's pure
+build/parse methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import secrets
+import time
+from dataclasses import dataclass, replace
+
+from hpcgate.accounts import UnixAccount
+from hpcgate.config import Config, MachineConfig
+from hpcgate.errors import Conflict, Forbidden, GatewayError, NotFound
+from hpcgate.jobspec import Submission
+from hpcgate.runners.base import Completed, Limits, Runner
+from hpcgate.runners.local import LocalRunner
+from hpcgate.schedulers.base import JobRecord, Scheduler
+from hpcgate.schedulers.slurm import Slurm
+
+SCRIPT_DIR = "~/newt"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command line printed and how it exited."""
+
+    output: str
+    error: str
+    retcode: int
+
+
+class Machine:
+    """One cluster as its users see it through the gateway."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: Runner,
+        scheduler: Scheduler,
+        *,
+        command_limits: Limits,
+        scheduler_limits: Limits,
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.scheduler = scheduler
+        self.command_limits = command_limits
+        self.scheduler_limits = scheduler_limits
+
+    async def _schedule(
+        self, account: UnixAccount, argv: list[str], *, cwd: str | None = None
+    ) -> Completed:
+        return await self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd)
+
+    async def run_command(self, account: UnixAccount, command_line: str) -> CommandResult:
+        """Run a command line with the user's shell; a failing command is still a result."""
+        done = await self.runner.run_command_line(
+            account, command_line, limits=self.command_limits
+        )
+        return CommandResult(output=done.stdout, error=done.stderr, retcode=done.returncode)
+
+    async def submit(self, account: UnixAccount, submission: Submission) -> str:
+        """Write the script if one was given, then submit it; returns the job id."""
+        options = submission.options
+        if options.working_dir is not None:
+            options = replace(options, working_dir=account.resolve_path(options.working_dir))
+        generated = False
+        if submission.jobfile is not None:
+            path = account.resolve_path(submission.jobfile)
+        else:
+            assert submission.script is not None
+            if submission.script_path is not None:
+                path = account.resolve_path(submission.script_path)
+            else:
+                path = account.resolve_path(f"{SCRIPT_DIR}/{_script_name()}")
+                generated = True
+            await self.runner.write_file(
+                account, path, submission.script.encode(), limits=self.command_limits
+            )
+        try:
+            done = await self._schedule(
+                account, self.scheduler.submit_argv(path, options), cwd=posixpath.dirname(path)
+            )
+            return self.scheduler.parse_submit(done)
+        except GatewayError:
+            if generated:  # a script nobody asked to keep is not left behind
+                await self.runner.run(account, ["rm", "-f", "--", path], limits=self.command_limits)
+            raise
+
+    async def queue(self, account: UnixAccount) -> list[JobRecord]:
+        """The user's jobs that are still in the queue."""
+        done = await self._schedule(account, self.scheduler.queue_argv(account.name))
+        return [job for job in self.scheduler.parse_queue(done) if job.user == account.name]
+
+    async def _live(self, account: UnixAccount, jobid: str) -> JobRecord | None:
+        done = await self._schedule(account, self.scheduler.live_job_argv(jobid))
+        return next((job for job in self.scheduler.parse_queue(done) if job.id == jobid), None)
+
+    async def _history(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
+        done = await self._schedule(account, self.scheduler.history_argv(jobid))
+        return self.scheduler.parse_history(done)
+
+    def _check_owner(self, account: UnixAccount, jobid: str, rows: list[JobRecord]) -> None:
+        if not rows:
+            raise NotFound(f"there is no job {jobid} on {self.name}")
+        owner = rows[0].user
+        if owner and owner != account.name:
+            raise Forbidden(f"job {jobid} on {self.name} belongs to another user")
+
+    async def job(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
+        """One of the user's jobs: its row, then one row per step."""
+        live, history = await asyncio.gather(
+            self._live(account, jobid), self._history_or_empty(account, jobid)
+        )
+        rows = self.scheduler.merge_job_views(jobid, live, history)
+        self._check_owner(account, jobid, rows)
+        return rows
+
+    async def _history_or_empty(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
+        try:
+            return await self._history(account, jobid)
+        except GatewayError:
+            # Accounting down or slow: the controller's view alone still answers for a
+            # job it knows; job() raises NotFound below if it knows neither.
+            return []
+
+    async def cancel(self, account: UnixAccount, jobid: str) -> None:
+        """Kill one of the user's jobs that is still queued or running."""
+        live = await self._live(account, jobid)
+        if live is None:
+            rows = self.scheduler.merge_job_views(jobid, None, await self._history(account, jobid))
+            self._check_owner(account, jobid, rows)
+            raise Conflict(f"job {jobid} has already finished ({rows[0].status}); nothing to kill")
+        self._check_owner(account, jobid, [live])
+        if live.finished:
+            raise Conflict(f"job {jobid} has already finished ({live.status}); nothing to kill")
+        self.scheduler.check_cancel(await self._schedule(account, self.scheduler.cancel_argv(jobid)))
+
+
+def _script_name() -> str:
+    return f"newt_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}.sh"
+
+
+def build_machine(name: str, machine: MachineConfig, config: Config) -> Machine:
+    """A Machine from its configuration section."""
+    limits = config.limits
+    runner = LocalRunner(path=machine.path, environment=machine.environment)
+    scheduler = Slurm(machine.commands)
+    return Machine(
+        name,
+        runner,
+        scheduler,
+        command_limits=Limits(limits.timeout, limits.output_bytes),
+        scheduler_limits=Limits(limits.scheduler_timeout, limits.scheduler_output_bytes),
+    )
+
+
+def build_machines(config: Config) -> dict[str, Machine]:
+    return {name: build_machine(name, section, config) for name, section in config.machines.items()}
