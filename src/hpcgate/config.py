@@ -53,6 +53,15 @@ class LimitsConfig(_Section):
     script_bytes: int = Field(1024 * 1024, ge=1024, description="largest job script accepted")
 
 
+class LimitsOverride(_Section):
+    """Per-machine overrides of [limits]; unset keys keep the global value."""
+
+    timeout: float | None = Field(None, gt=0)
+    output_bytes: int | None = Field(None, ge=1024)
+    scheduler_timeout: float | None = Field(None, gt=0)
+    scheduler_output_bytes: int | None = Field(None, ge=1024)
+
+
 class MachineConfig(_Section):
     runner: Literal["local"] = "local"
     scheduler: Literal["slurm"] = "slurm"
@@ -65,6 +74,12 @@ class MachineConfig(_Section):
         default_factory=dict, description="extra environment for every action (e.g. SLURM_CONF)"
     )
     path: str = "/usr/local/bin:/usr/bin:/bin"
+    limits: LimitsOverride = Field(default_factory=LimitsOverride)
+
+    def effective_limits(self, defaults: LimitsConfig) -> LimitsConfig:
+        """The global limits with this machine's overrides applied."""
+        overrides = self.limits.model_dump(exclude_none=True)
+        return defaults.model_copy(update=overrides)
 
 
 class Config(_Section):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import Config, MachineConfig
-from hpcgate.errors import Conflict, Forbidden, GatewayError, NotFound
+from hpcgate.errors import Conflict, Forbidden, GatewayError, NotFound, TimedOut, Unavailable
 from hpcgate.jobspec import Submission
 from hpcgate.runners.base import Completed, Limits, Runner
 from hpcgate.runners.local import LocalRunner
@@ -55,7 +55,15 @@ class Machine:
     async def _schedule(
         self, account: UnixAccount, argv: list[str], *, cwd: str | None = None
     ) -> Completed:
-        return await self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd)
+        try:
+            return await self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd)
+        except TimedOut:
+            # A scheduler that does not answer in time is a sick scheduler (503), not a
+            # slow user command (504).
+            raise Unavailable(
+                f"the scheduler of {self.name} did not answer within "
+                f"{self.scheduler_limits.timeout:g} s; try again later"
+            ) from None
 
     async def run_command(self, account: UnixAccount, command_line: str) -> CommandResult:
         """Run a command line with the user's shell; a failing command is still a result."""
@@ -67,8 +75,6 @@ class Machine:
     async def submit(self, account: UnixAccount, submission: Submission) -> str:
         """Write the script if one was given, then submit it; returns the job id."""
         options = submission.options
-        if options.working_dir is not None:
-            options = replace(options, working_dir=account.resolve_path(options.working_dir))
         generated = False
         if submission.jobfile is not None:
             path = account.resolve_path(submission.jobfile)
@@ -82,10 +88,11 @@ class Machine:
             await self.runner.write_file(
                 account, path, submission.script.encode(), limits=self.command_limits
             )
+        # The job runs where its script is unless job_wdir says otherwise.
+        workdir = options.working_dir or posixpath.dirname(path)
+        options = replace(options, working_dir=account.resolve_path(workdir))
         try:
-            done = await self._schedule(
-                account, self.scheduler.submit_argv(path, options), cwd=posixpath.dirname(path)
-            )
+            done = await self._schedule(account, self.scheduler.submit_argv(path, options))
             return self.scheduler.parse_submit(done)
         except GatewayError:
             if generated:  # a script nobody asked to keep is not left behind
@@ -148,7 +155,7 @@ def _script_name() -> str:
 
 def build_machine(name: str, machine: MachineConfig, config: Config) -> Machine:
     """A Machine from its configuration section."""
-    limits = config.limits
+    limits = machine.effective_limits(config.limits)
     runner = LocalRunner(path=machine.path, environment=machine.environment)
     scheduler = Slurm(machine.commands)
     return Machine(

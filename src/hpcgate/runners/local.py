@@ -84,7 +84,9 @@ class LocalRunner(Runner):
                 close_fds=True,
                 **identity,
             )
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if exc.filename == workdir:
+                raise BadRequest(f"the directory {workdir} does not exist") from None
             raise BadRequest(f"{argv[0]}: command not found on this machine") from None
         except PermissionError as exc:
             raise Forbidden(f"{account.name} may not run {argv[0]}: {exc.strerror}") from None

@@ -1,0 +1,62 @@
+"""POST /api/command/<machine>: the page's examples, and who the command runs as."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx
+
+from tests.conftest import error_of, ok_output, wait_for
+
+
+def run(client: httpx.Client, command: str, machine: str = "ln3") -> dict[str, object]:
+    result: dict[str, object] = ok_output(client.post(f"/command/{machine}", data={"command": command}))
+    return result
+
+
+def test_the_pages_examples(alice: httpx.Client) -> None:
+    touch = run(alice, "touch /root/a")
+    assert touch == {
+        "output": "",
+        "retcode": 1,
+        "error": "touch: cannot touch '/root/a': Permission denied\n",
+    }
+    listing = run(alice, "ls /root")
+    assert listing["retcode"] == 2
+    assert "Permission denied" in str(listing["error"])
+
+
+def test_json_body_and_trailing_slash(alice: httpx.Client) -> None:
+    answer = alice.post("/command/ln3/", json={"command": "echo hi"})
+    assert ok_output(answer) == {"output": "hi\n", "retcode": 0, "error": ""}
+
+
+def test_runs_as_the_user_with_groups_home_and_a_clean_environment(alice: httpx.Client, bob: httpx.Client) -> None:
+    assert run(alice, "id -un; id -Gn; pwd")["output"] == "alice\nalice hpcusers\n/home/alice\n"
+    assert run(bob, "id -un")["output"] == "bob\n"
+    names = set(str(run(alice, "env -0 | tr '\\0' '\\n' | cut -d= -f1")["output"]).split())
+    assert {"HOME", "USER", "LOGNAME", "SHELL", "PATH"} <= names
+    leaked = names - {"HOME", "USER", "LOGNAME", "SHELL", "PATH", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert not leaked, f"the service's environment leaked: {leaked}"
+
+
+def test_command_past_its_timeout_is_killed_with_its_children(alice: httpx.Client) -> None:
+    answer = alice.post("/command/tight", data={"command": "sleep 777.5 & sleep 777.5; echo never"})
+    assert "did not finish within 1.5 s" in error_of(answer, 504)
+
+    def gone() -> bool:
+        found = subprocess.run(["pgrep", "-u", "alice", "-f", "sleep 777.5"], capture_output=True)
+        return found.returncode == 1
+
+    assert wait_for(gone, timeout=10, what="the command's processes to be killed")
+
+
+def test_output_past_the_cap_is_an_error(alice: httpx.Client) -> None:
+    message = error_of(alice.post("/command/tight", data={"command": "yes"}), 400)
+    assert "more than 4096 bytes" in message
+
+
+def test_a_missing_or_empty_command_is_400(alice: httpx.Client) -> None:
+    assert "command" in error_of(alice.post("/command/ln3", data={}), 400)
+    assert "command" in error_of(alice.post("/command/ln3", json={"command": "  "}), 400)
+    assert "NUL" in error_of(alice.post("/command/ln3", json={"command": "echo \u0000"}), 400)

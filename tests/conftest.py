@@ -1,0 +1,211 @@
+"""Fixtures shared by the whole suite: the real cluster, a real gateway process, clients.
+
+Tests run as root against the one-machine Slurm cluster of scripts/cluster and its real
+users alice and bob. Nothing here sleeps a fixed time: helpers poll until a condition
+holds or a deadline passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop a daemon run last, so the rest never see a sick cluster."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or probe}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[None]:
+    """The real Slurm cluster, up and idle; every test user's job is cancelled at the end."""
+    if os.geteuid() != 0:
+        pytest.fail("the suite runs as root: it starts Slurm and acts as alice and bob")
+    subprocess.run([str(REPO / "scripts" / "cluster"), "up"], check=True)
+    yield
+    for user in PASSWORDS:
+        subprocess.run(["scancel", f"--user={user}"], check=False)
+
+
+@pytest.fixture(scope="session")
+def public_dir() -> Iterator[Path]:
+    """A scratch directory every test user can read (pytest's own tmp is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="hpcgate-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A running ``hpcgate serve`` process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/api", timeout=90, **kwargs)
+
+    def login(self, user: str) -> httpx.Client:
+        """A client logged in as ``user`` with a bearer token."""
+        client = self.client()
+        answer = client.post("/auth", data={"username": user, "password": PASSWORDS[user]})
+        assert answer.status_code == 200, answer.text
+        client.headers["Authorization"] = f"Bearer {answer.json()['output']['token']}"
+        client.cookies.clear()
+        return client
+
+
+def start_server(config_text: str, workdir: Path) -> Server:
+    """Start a gateway with ``config_text`` and wait until it answers."""
+    port = free_port()
+    config = workdir / f"hpcgate-{port}.toml"
+    config.write_text(config_text)
+    log_path = workdir / f"hpcgate-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hpcgate", "serve", "--config", str(config), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"hpcgate serve exited:\n{server.log()}")
+        try:
+            return httpx.get(f"{server.url}/api/auth", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answering, timeout=30, what="the gateway to answer")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+RENAMED = {"sbatch": "yhbatch", "squeue": "yhq", "sacct": "yhacct", "scancel": "yhcancel"}
+
+
+def gateway_config(public_dir: Path) -> str:
+    """The test gateway: ln3 as deployed, plus machines with tight limits and renamed tools."""
+    bin_dir = public_dir / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for real, renamed in RENAMED.items():
+        link = bin_dir / renamed
+        if not link.exists():
+            link.symlink_to(shutil.which(real) or f"/usr/bin/{real}")
+    return f"""
+[auth]
+backend = "pam"
+failed_login_delay = 0.05
+
+[limits]
+scheduler_timeout = 30
+
+[machines.ln3]
+description = "as deployed"
+
+[machines.tight]
+description = "small limits, for timeout and output-cap tests"
+limits = {{ timeout = 1.5, output_bytes = 4096 }}
+
+[machines.renamed]
+description = "Slurm's commands under Tianhe-2 style names"
+path = "{bin_dir}:/usr/local/bin:/usr/bin:/bin"
+commands = {{ {", ".join(f'{k} = "{v}"' for k, v in RENAMED.items())} }}
+"""
+
+
+@pytest.fixture(scope="session")
+def server(cluster: None, public_dir: Path) -> Iterator[Server]:
+    """One real gateway process for the whole session."""
+    running = start_server(gateway_config(public_dir), public_dir)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def alice(server: Server) -> Iterator[httpx.Client]:
+    client = server.login("alice")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bob(server: Server) -> Iterator[httpx.Client]:
+    client = server.login("bob")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def anonymous(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def ok_output(response: httpx.Response) -> Any:
+    """The ``output`` of a successful envelope; fails with the server's error otherwise."""
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "OK" and body["status_code"] == 200 and body["error"] == "", body
+    return body["output"]
+
+
+def error_of(response: httpx.Response, status: int) -> str:
+    """The ``error`` of a failed envelope whose HTTP status and status_code are ``status``."""
+    body = response.json()
+    assert response.status_code == status, body
+    assert body["status"] == "ERROR" and body["status_code"] == status, body
+    assert body["error"], body
+    error: str = body["error"]
+    return error
