@@ -105,7 +105,16 @@ def start_server(config_text: str, workdir: Path) -> Server:
     log_path = workdir / f"hpcgate-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hpcgate", "serve", "--config", str(config), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "hpcgate",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -109,10 +109,10 @@ def _arguments(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _partition(key: str, value: Any) -> str:
-    value = _text(key, value, max_length=64)
-    if not PARTITION_PATTERN.match(value):
-        raise BadRequest(f"{key} may hold only letters, digits and _ . + -, not {value!r}")
-    return value
+    name = _text(key, value, max_length=64)
+    if not PARTITION_PATTERN.match(name):
+        raise BadRequest(f"{key} may hold only letters, digits and _ . + -, not {name!r}")
+    return name
 
 
 _JOBCONF_KEYS = (
@@ -137,7 +137,7 @@ def parse_jobconf(raw: Any) -> JobOptions:
         except ValueError as exc:
             raise BadRequest(f"jobconf is not valid JSON: {exc}") from None
     if not isinstance(raw, Mapping):
-        raise BadRequest("jobconf must be a JSON object such as {\"job_name\": \"hello\"}")
+        raise BadRequest('jobconf must be a JSON object such as {"job_name": "hello"}')
     unknown = [key for key in raw if key not in _JOBCONF_KEYS]
     if unknown:
         raise BadRequest(
@@ -146,7 +146,9 @@ def parse_jobconf(raw: Any) -> JobOptions:
     conf = {key: value for key, value in raw.items() if value is not None}
     return JobOptions(
         working_dir=_text("job_wdir", conf["job_wdir"]) if "job_wdir" in conf else None,
-        name=_text("job_name", conf["job_name"], max_length=MAX_NAME) if "job_name" in conf else None,
+        name=_text("job_name", conf["job_name"], max_length=MAX_NAME)
+        if "job_name" in conf
+        else None,
         time_limit_minutes=_whole_number("time_limit", conf["time_limit"], maximum=MAX_TIME_MINUTES)
         if "time_limit" in conf
         else None,
@@ -158,7 +160,9 @@ def parse_jobconf(raw: Any) -> JobOptions:
         nodes=_whole_number("scale_Nodes", conf["scale_Nodes"], maximum=MAX_NODES)
         if "scale_Nodes" in conf
         else None,
-        script_args=_arguments("jobfile_args", conf["jobfile_args"]) if "jobfile_args" in conf else (),
+        script_args=_arguments("jobfile_args", conf["jobfile_args"])
+        if "jobfile_args" in conf
+        else (),
     )
 
 
@@ -178,7 +182,9 @@ def parse_submission(fields: Mapping[str, Any], *, max_script_bytes: int) -> Sub
             "jobfilepath) or jobfile (the path of a script on the machine)"
         )
     if jobfile is not None and script_path is not None:
-        raise BadRequest("jobfilepath goes with jobscript; with jobfile, the script is already there")
+        raise BadRequest(
+            "jobfilepath goes with jobscript; with jobfile, the script is already there"
+        )
     options = parse_jobconf(fields.get("jobconf"))
     if jobfile is not None:
         return Submission(options=options, jobfile=_text("jobfile", jobfile))
@@ -189,9 +195,7 @@ def parse_submission(fields: Mapping[str, Any], *, max_script_bytes: int) -> Sub
     if len(script.encode()) > max_script_bytes:
         raise BadRequest(f"jobscript is larger than {max_script_bytes} bytes")
     if not script.startswith("#!"):
-        raise BadRequest(
-            "jobscript must start with an interpreter line such as #!/bin/bash"
-        )
+        raise BadRequest("jobscript must start with an interpreter line such as #!/bin/bash")
     return Submission(
         options=options,
         script=script,

@@ -67,9 +67,7 @@ class Machine:
 
     async def run_command(self, account: UnixAccount, command_line: str) -> CommandResult:
         """Run a command line with the user's shell; a failing command is still a result."""
-        done = await self.runner.run_command_line(
-            account, command_line, limits=self.command_limits
-        )
+        done = await self.runner.run_command_line(account, command_line, limits=self.command_limits)
         return CommandResult(output=done.stdout, error=done.stderr, retcode=done.returncode)
 
     async def submit(self, account: UnixAccount, submission: Submission) -> str:
@@ -146,7 +144,9 @@ class Machine:
         self._check_owner(account, jobid, [live])
         if live.finished:
             raise Conflict(f"job {jobid} has already finished ({live.status}); nothing to kill")
-        self.scheduler.check_cancel(await self._schedule(account, self.scheduler.cancel_argv(jobid)))
+        self.scheduler.check_cancel(
+            await self._schedule(account, self.scheduler.cancel_argv(jobid))
+        )
 
 
 def _script_name() -> str:

@@ -17,7 +17,10 @@ def test_login_gives_a_token_and_a_strict_httponly_cookie(server: Server) -> Non
         assert "httponly" in cookie and "samesite=strict" in cookie
         # the cookie alone is a session
         assert ok_output(client.get("/auth"))["username"] == "alice"
-        assert ok_output(client.post("/command/ln3", data={"command": "id -un"}))["output"] == "alice\n"
+        assert (
+            ok_output(client.post("/command/ln3", data={"command": "id -un"}))["output"]
+            == "alice\n"
+        )
 
 
 def test_login_with_a_json_body(server: Server) -> None:
@@ -28,7 +31,9 @@ def test_login_with_a_json_body(server: Server) -> None:
 
 def test_bearer_token_without_cookie(server: Server) -> None:
     with server.client() as client:
-        token = ok_output(client.post("/auth", data={"username": "bob", "password": "builder"}))["token"]
+        token = ok_output(client.post("/auth", data={"username": "bob", "password": "builder"}))[
+            "token"
+        ]
     with server.client(headers={"Authorization": f"Bearer {token}"}) as client:
         assert ok_output(client.get("/auth"))["username"] == "bob"
 

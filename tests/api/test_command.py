@@ -10,7 +10,9 @@ from tests.conftest import error_of, ok_output, wait_for
 
 
 def run(client: httpx.Client, command: str, machine: str = "ln3") -> dict[str, object]:
-    result: dict[str, object] = ok_output(client.post(f"/command/{machine}", data={"command": command}))
+    result: dict[str, object] = ok_output(
+        client.post(f"/command/{machine}", data={"command": command})
+    )
     return result
 
 
@@ -31,7 +33,9 @@ def test_json_body_and_trailing_slash(alice: httpx.Client) -> None:
     assert ok_output(answer) == {"output": "hi\n", "retcode": 0, "error": ""}
 
 
-def test_runs_as_the_user_with_groups_home_and_a_clean_environment(alice: httpx.Client, bob: httpx.Client) -> None:
+def test_runs_as_the_user_with_groups_home_and_a_clean_environment(
+    alice: httpx.Client, bob: httpx.Client
+) -> None:
     assert run(alice, "id -un; id -Gn; pwd")["output"] == "alice\nalice hpcusers\n/home/alice\n"
     assert run(bob, "id -un")["output"] == "bob\n"
     names = set(str(run(alice, "env -0 | tr '\\0' '\\n' | cut -d= -f1")["output"]).split())

@@ -102,10 +102,14 @@ def test_a_script_path_the_user_may_not_write_is_403_with_the_reason(alice: http
 
 
 def test_a_partition_slurm_rejects_is_400_with_slurms_message(alice: httpx.Client) -> None:
-    before = set(Path("/home/alice/newt").glob("*.sh")) if Path("/home/alice/newt").exists() else set()
+    before = (
+        set(Path("/home/alice/newt").glob("*.sh")) if Path("/home/alice/newt").exists() else set()
+    )
     message = submit_error(alice, 400, jobscript=SCRIPT, jobconf=conf(partition="nosuch"))
     assert "Invalid partition name specified" in message
-    after = set(Path("/home/alice/newt").glob("*.sh")) if Path("/home/alice/newt").exists() else set()
+    after = (
+        set(Path("/home/alice/newt").glob("*.sh")) if Path("/home/alice/newt").exists() else set()
+    )
     assert after == before, "a generated script of a rejected job must not be left behind"
 
 

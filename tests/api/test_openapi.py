@@ -18,7 +18,12 @@ def test_openapi_documents_every_route_with_the_spec_examples(anonymous: httpx.C
         "application/x-www-form-urlencoded",
     }
     example = submit["responses"]["200"]["content"]["application/json"]["example"]
-    assert example == {"status": "OK", "output": {"jobid": "4816214"}, "status_code": 200, "error": ""}
+    assert example == {
+        "status": "OK",
+        "output": {"jobid": "4816214"},
+        "status_code": 200,
+        "error": "",
+    }
     listing = paths["/api/job/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert listing["example"]["output"]["nodelist"]["4816213"] == "(Priority)"
 

@@ -24,7 +24,9 @@ def controller_stopped(cluster: None) -> Iterator[None]:
         subprocess.run([str(REPO / "scripts" / "cluster"), "start-ctld"], check=True)
 
 
-def test_scheduler_down_is_503_within_the_timeout(alice: httpx.Client, controller_stopped: None) -> None:
+def test_scheduler_down_is_503_within_the_timeout(
+    alice: httpx.Client, controller_stopped: None
+) -> None:
     started = time.monotonic()
     assert "cannot be reached" in error_of(alice.get("/job/ln3"), 503)
     assert "cannot be reached" in error_of(

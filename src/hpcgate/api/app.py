@@ -63,6 +63,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return failure(500, "internal error in the gateway; the administrators can see it in the log")
+        return failure(
+            500, "internal error in the gateway; the administrators can see it in the log"
+        )
 
     return app

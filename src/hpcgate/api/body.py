@@ -27,7 +27,7 @@ async def read_fields(request: Request) -> dict[str, Any]:
             except ValueError as exc:
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
             if not isinstance(data, dict):
-                raise BadRequest("the JSON body must be an object, e.g. {\"command\": \"ls\"}")
+                raise BadRequest('the JSON body must be an object, e.g. {"command": "ls"}')
             fields = data
     elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
@@ -44,9 +44,7 @@ async def read_fields(request: Request) -> dict[str, Any]:
             else:
                 fields[key] = value
     elif await request.body():
-        raise BadRequest(
-            "send the body as application/x-www-form-urlencoded or application/json"
-        )
+        raise BadRequest("send the body as application/x-www-form-urlencoded or application/json")
     for key, value in request.query_params.items():
         fields.setdefault(key, value)
     return fields

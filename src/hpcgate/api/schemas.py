@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 
 class Envelope(BaseModel):
-    """Every answer: ``status`` OK or ERROR, ``output``, ``status_code`` (= HTTP status), ``error``."""
+    """Every answer: ``status`` (OK or ERROR), ``output``, ``status_code``, ``error``."""
 
     status: str = Field(examples=["OK"])
     output: Any = None
@@ -22,7 +22,9 @@ class LoginBody(BaseModel):
 
 
 class CommandBody(BaseModel):
-    command: str = Field(description="a command line, run by the user's own shell", examples=["ls /root"])
+    command: str = Field(
+        description="a command line, run by the user's own shell", examples=["ls /root"]
+    )
 
 
 class JobConf(BaseModel):
@@ -71,18 +73,36 @@ def body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
 
 
 def example(output: Any, description: str = "Success") -> dict[int | str, dict[str, Any]]:
+    """``responses`` for a route: its success example, and the error envelope."""
+    schema = Envelope.model_json_schema()
     return {
         200: {
             "description": description,
             "content": {
                 "application/json": {
-                    "example": {"status": "OK", "output": output, "status_code": 200, "error": ""}
+                    "schema": schema,
+                    "example": {"status": "OK", "output": output, "status_code": 200, "error": ""},
                 }
             },
-        }
+        },
+        "4XX": {
+            "description": "Bad input (400), not logged in (401), not yours (403), unknown "
+            "machine or job (404), conflict (409)",
+            "content": {"application/json": {"schema": schema, "example": ERROR_EXAMPLE}},
+        },
+        "5XX": {
+            "description": "Scheduler or machine unreachable (503), timed out (504)",
+            "content": {"application/json": {"schema": schema}},
+        },
     }
 
 
+ERROR_EXAMPLE = {
+    "status": "ERROR",
+    "output": "",
+    "status_code": 401,
+    "error": "not logged in: POST /api/auth with username and password first",
+}
 COMMAND_EXAMPLE = {
     "output": "",
     "retcode": 1,

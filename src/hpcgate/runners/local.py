@@ -146,7 +146,20 @@ async def _communicate(
             process.stdin.close()
 
     out, err = bytearray(), bytearray()
-    await asyncio.gather(feed(), drain(process.stdout, out), drain(process.stderr, err))
+    tasks = [
+        asyncio.ensure_future(feed()),
+        asyncio.ensure_future(drain(process.stdout, out)),
+        asyncio.ensure_future(drain(process.stderr, err)),
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # gather leaves the siblings of a failed task running: stop them before the
+        # caller kills the process and reads its pipes to the end.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     await process.wait()
     return bytes(out), bytes(err)
 
@@ -159,6 +172,8 @@ async def _kill_group(process: asyncio.subprocess.Process) -> None:
     except PermissionError:  # pragma: no cover - only if the child changed its group
         process.kill()
     try:
-        await asyncio.wait_for(process.wait(), timeout=5)
-    except TimeoutError:  # pragma: no cover - a process in uninterruptible sleep
-        log.error("process %d did not die after SIGKILL", process.pid)
+        # Reading to EOF also closes the pipes' transport, which would otherwise leak
+        # its file descriptors for the life of the server.
+        await asyncio.wait_for(process.communicate(), timeout=5)
+    except TimeoutError:  # pragma: no cover - a child that left the group keeps a pipe open
+        log.error("process %d: pipes still open 5 s after SIGKILL", process.pid)

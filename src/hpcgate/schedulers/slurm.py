@@ -240,6 +240,9 @@ class Slurm(Scheduler):
         steps = [row for row in history if row.id.startswith(f"{jobid}.")]
         if live is not None:
             job = replace(live, elapsed=_hms(live.elapsed), tasks=None)
+            ran_on = jobs[-1].nodelist if jobs else ""
+            if live.nodelist.startswith("(") and ran_on and ran_on != "None assigned":
+                job = replace(job, nodelist=ran_on)  # a finished job's reason -> its nodes
         elif jobs:
             job = jobs[-1]
         else:
@@ -268,4 +271,3 @@ class Slurm(Scheduler):
         if _INVALID_JOB.search(message):
             return NotFound(message)
         return Unavailable(f"the scheduler failed: {message}")
-

@@ -89,7 +89,9 @@ async def queue(request: Request, name: str, who: Caller = Depends(caller)) -> J
     summary="One of your jobs, with its steps",
     responses=schemas.example(schemas.JOB_EXAMPLE),
 )
-async def job(request: Request, name: str, jobid: str, who: Caller = Depends(caller)) -> JSONResponse:
+async def job(
+    request: Request, name: str, jobid: str, who: Caller = Depends(caller)
+) -> JSONResponse:
     target = machine(request, name)
     return ok(columns(await target.job(who.account, parse_jobid(jobid)), JOB_COLUMNS))
 

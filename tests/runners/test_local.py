@@ -1,0 +1,129 @@
+"""The local runner, for real: it acts as the user, within limits, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcgate.accounts import UnixAccount
+from hpcgate.errors import BadRequest, Forbidden, TimedOut
+from hpcgate.runners.base import Limits
+from hpcgate.runners.local import LocalRunner
+from tests.conftest import wait_for
+
+LIMITS = Limits(timeout=10, output_bytes=1024 * 1024)
+
+
+@pytest.fixture
+def runner(cluster: None) -> LocalRunner:
+    return LocalRunner()
+
+
+@pytest.fixture
+def alice(cluster: None) -> UnixAccount:
+    return UnixAccount.lookup("alice")
+
+
+def run(coroutine):  # type: ignore[no-untyped-def]
+    return asyncio.run(coroutine)
+
+
+def test_runs_with_the_users_ids_groups_home_and_environment(
+    runner: LocalRunner, alice: UnixAccount
+) -> None:
+    done = run(
+        runner.run(
+            alice,
+            ["sh", "-c", 'id -u; id -g; id -G; pwd; echo "$HOME:$USER:$LOGNAME:$SHELL:$PATH"'],
+            limits=LIMITS,
+        )
+    )
+    uid, gid, groups, cwd, env = done.stdout.splitlines()
+    assert (int(uid), int(gid)) == (alice.uid, alice.gid)
+    assert set(map(int, groups.split())) == set(alice.groups) and len(alice.groups) >= 2
+    assert cwd == alice.home
+    assert env == f"{alice.home}:alice:alice:/bin/bash:/usr/local/bin:/usr/bin:/bin"
+
+
+def test_exit_status_stdout_stderr_and_stdin(runner: LocalRunner, alice: UnixAccount) -> None:
+    done = run(
+        runner.run(alice, ["sh", "-c", "cat; echo oops >&2; exit 7"], limits=LIMITS, stdin=b"in")
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (7, "in", "oops\n")
+
+
+def test_the_command_line_goes_through_the_users_shell(
+    runner: LocalRunner, alice: UnixAccount
+) -> None:
+    done = run(runner.run_command_line(alice, "echo $0 | grep -c bash; false", limits=LIMITS))
+    assert (done.stdout, done.returncode) == ("1\n", 1)
+
+
+def test_timeout_kills_the_whole_process_group(runner: LocalRunner, alice: UnixAccount) -> None:
+    with pytest.raises(TimedOut, match=r"did not finish within 0\.5 s"):
+        run(
+            runner.run(alice, ["sh", "-c", "sleep 888.25 & sleep 888.25"], limits=Limits(0.5, 4096))
+        )
+
+    def gone() -> bool:
+        return subprocess.run(["pgrep", "-f", "sleep 888.25"], capture_output=True).returncode == 1
+
+    assert wait_for(gone, timeout=10, what="the group to be killed")
+
+
+def test_output_cap_kills_and_says_so(runner: LocalRunner, alice: UnixAccount) -> None:
+    with pytest.raises(BadRequest, match="more than 2048 bytes"):
+        run(runner.run(alice, ["yes"], limits=Limits(10, 2048)))
+
+
+def test_a_cancelled_action_leaves_no_orphans(runner: LocalRunner, alice: UnixAccount) -> None:
+    async def cancel_midway() -> None:
+        task = asyncio.create_task(runner.run(alice, ["sleep", "889.25"], limits=LIMITS))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancel_midway())
+    assert subprocess.run(["pgrep", "-f", "sleep 889.25"], capture_output=True).returncode == 1
+
+
+def test_missing_program_and_missing_directory(runner: LocalRunner, alice: UnixAccount) -> None:
+    with pytest.raises(BadRequest, match="command not found"):
+        run(runner.run(alice, ["no-such-program-xyz"], limits=LIMITS))
+    with pytest.raises(BadRequest, match="/nonexistent/dir does not exist"):
+        run(runner.run(alice, ["true"], limits=LIMITS, cwd="/nonexistent/dir"))
+
+
+def test_root_is_never_a_runner_account(runner: LocalRunner) -> None:
+    with pytest.raises(Forbidden, match="never run as root"):
+        run(runner.run(UnixAccount.lookup("root"), ["true"], limits=LIMITS))
+
+
+def test_without_root_only_the_service_user_is_served(alice: UnixAccount) -> None:
+    runner = LocalRunner()
+    runner._service_uid = pwd.getpwnam("bob").pw_uid  # as if the service ran as bob
+    with pytest.raises(Forbidden, match="can act only as that user"):
+        run(runner.run(alice, ["true"], limits=LIMITS))
+
+
+def test_write_file_creates_parents_as_the_user(runner: LocalRunner, alice: UnixAccount) -> None:
+    path = Path(alice.home) / "deep" / "er" / "file.sh"
+    run(runner.write_file(alice, str(path), b"#!/bin/sh\n", limits=LIMITS))
+    assert path.read_bytes() == b"#!/bin/sh\n"
+    assert (path.stat().st_uid, path.parent.stat().st_uid) == (alice.uid, alice.uid)
+    run(runner.write_file(alice, str(path), b"short", limits=LIMITS))
+    assert path.read_bytes() == b"short", "an existing file is replaced, not appended to"
+
+
+def test_write_file_refusals(runner: LocalRunner, alice: UnixAccount) -> None:
+    with pytest.raises(Forbidden, match="Permission denied"):
+        run(runner.write_file(alice, "/root/nope.sh", b"x", limits=LIMITS))
+    assert not os.path.exists("/root/nope.sh")
+    with pytest.raises(BadRequest, match="Is a directory"):
+        run(runner.write_file(alice, alice.home, b"x", limits=LIMITS))
