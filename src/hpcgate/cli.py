@@ -11,6 +11,7 @@ import sys
 
 import hpcgate
 from hpcgate.config import ConfigError, load_config
+from hpcgate.errors import GatewayError
 
 log = logging.getLogger("hpcgate")
 
@@ -18,6 +19,7 @@ EPILOG = """\
 examples:
   hpcgate serve --config config/demo.toml
   HPCGATE_SERVER__PORT=9000 hpcgate serve --config /etc/hpcgate/hpcgate.toml
+  hpcgate monitor --config /etc/hpcgate/hpcgate.toml   # with a Redis store
   hpcgate hash-password            # for an auth.users_file entry
 """
 
@@ -64,6 +66,51 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from hpcgate.gateway import Gateway
+
+    try:
+        config = load_config(args.config)
+        gateway = Gateway.from_config(config)
+        monitor = gateway.monitor(args.machine or None)
+    except (ConfigError, GatewayError) as exc:
+        print(f"hpcgate: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config.store.backend == "memory" and not args.once:
+        log.warning(
+            "store.backend is memory: snapshots stay in this process and no gateway sees "
+            "them; configure [store] backend = 'redis' for a separate monitor"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            if args.once:
+                for snapshot in await monitor.run_once():
+                    state = "ok" if snapshot.ok else f"FAILED: {snapshot.error}"
+                    print(
+                        f"{snapshot.machine}: {state}; queue {snapshot.queue_counts()}; "
+                        f"nodes {snapshot.partitions}; {snapshot.probe_seconds:.3f} s"
+                    )
+            else:
+                await monitor.run_forever(stop)
+        finally:
+            await gateway.store.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def _hash_password(args: argparse.Namespace) -> int:
     from hpcgate.auth.users_file import hash_password
 
@@ -97,6 +144,24 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.set_defaults(handler=_serve)
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="keep the status store's snapshots of the machines fresh",
+        description="Probe each machine every monitor.interval seconds (one all-users job "
+        "listing and one node listing per probe) and write timestamped snapshots to the "
+        "store, from which every gateway answers GET /api/job and queue listings. Run one "
+        "per machine or one for several, next to a Redis store.",
+        epilog="examples:\n  hpcgate monitor --config /etc/hpcgate/hpcgate.toml\n"
+        "  hpcgate monitor --config hpcgate.toml --machine ln3 --once",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    monitor.add_argument("--config", metavar="FILE", help="TOML config (default: $HPCGATE_CONFIG)")
+    monitor.add_argument(
+        "--machine", action="append", metavar="NAME", help="only this machine (repeatable)"
+    )
+    monitor.add_argument("--once", action="store_true", help="probe once, print, and exit")
+    monitor.set_defaults(handler=_monitor)
 
     hashing = commands.add_parser(
         "hash-password",

@@ -62,6 +62,35 @@ class LimitsOverride(_Section):
     scheduler_output_bytes: int | None = Field(None, ge=1024)
 
 
+class StoreConfig(_Section):
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: one process, monitors embedded; redis: shared"
+    )
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = Field("hpcgate:", description="prepended to every Redis key")
+    timeout: float = Field(2.0, gt=0, description="seconds a Redis command may take")
+
+
+class StatusConfig(_Section):
+    public: bool = Field(True, description="GET /api/job without a login")
+    stale_after: float = Field(30.0, gt=0, description="seconds without a snapshot: stale")
+    queue_max_age: float = Field(
+        10.0, ge=0, description="serve queue listings from snapshots younger than this; 0: never"
+    )
+    snapshot_ttl: float = Field(86400.0, gt=0, description="seconds a snapshot is kept")
+
+
+class MonitorConfig(_Section):
+    interval: float = Field(5.0, gt=0, description="seconds between probes of a machine")
+    history: int = Field(20, ge=1, le=10000, description="health = success rate of last N")
+    account: str | None = Field(
+        None, description="Unix account probes run as; default nobody (root) or the service user"
+    )
+    embedded: bool | None = Field(
+        None, description="run monitors inside serve; default: only with the memory store"
+    )
+
+
 class MachineConfig(_Section):
     runner: Literal["local"] = "local"
     scheduler: Literal["slurm"] = "slurm"
@@ -75,6 +104,9 @@ class MachineConfig(_Section):
     )
     path: str = "/usr/local/bin:/usr/bin:/bin"
     limits: LimitsOverride = Field(default_factory=LimitsOverride)
+    probe_command: list[str] | None = Field(
+        None, description="an extra health test the monitor runs (argv); non-zero exit fails"
+    )
 
     def effective_limits(self, defaults: LimitsConfig) -> LimitsConfig:
         """The global limits with this machine's overrides applied."""
@@ -86,7 +118,17 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     machines: dict[str, MachineConfig] = Field(default_factory=dict)
+
+    @property
+    def embedded_monitors(self) -> bool:
+        """Whether ``serve`` runs the monitors itself."""
+        if self.monitor.embedded is not None:
+            return self.monitor.embedded
+        return self.store.backend == "memory"
 
     @field_validator("machines")
     @classmethod

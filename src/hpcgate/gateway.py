@@ -1,29 +1,41 @@
-"""The gateway's parts wired together: login and the configured machines."""
+"""The gateway's parts wired together: login, the status store and the machines."""
 
 from __future__ import annotations
 
-import logging
+import os
+import pwd
 
+from hpcgate.accounts import UnixAccount
 from hpcgate.auth import LoginService, SessionStore, build_authenticator
 from hpcgate.config import Config
 from hpcgate.errors import NotFound
 from hpcgate.machine import Machine, build_machines
-
-log = logging.getLogger(__name__)
+from hpcgate.status import StatusStore, build_store
+from hpcgate.status.monitor import Monitor
+from hpcgate.status.service import StatusService
 
 
 class Gateway:
     """Everything a request needs, built once from the configuration."""
 
-    def __init__(self, config: Config, login: LoginService, machines: dict[str, Machine]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        login: LoginService,
+        machines: dict[str, Machine],
+        store: StatusStore,
+    ) -> None:
         self.config = config
         self.login = login
         self.machines = machines
+        self.store = store
+        self.status = StatusService(store, list(machines), config.status)
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
         login = LoginService(build_authenticator(config.auth), SessionStore(), config.auth)
-        return cls(config, login, build_machines(config))
+        store = build_store(config.store)
+        return cls(config, login, build_machines(config, store), store)
 
     def machine(self, name: str) -> Machine:
         """The machine called ``name``; NotFound names the ones that exist."""
@@ -32,3 +44,16 @@ class Gateway:
         except KeyError:
             known = ", ".join(sorted(self.machines)) or "none configured"
             raise NotFound(f"unknown machine {name[:64]!r}; machines: {known}") from None
+
+    def monitor(self, names: list[str] | None = None) -> Monitor:
+        """A monitor of ``names`` (default: every machine), writing to this gateway's store."""
+        chosen = {name: self.machine(name) for name in names or self.machines}
+        account = UnixAccount.lookup(self.config.monitor.account or default_monitor_account())
+        return Monitor(chosen, self.store, account, self.config.monitor, self.config.status)
+
+
+def default_monitor_account() -> str:
+    """``nobody`` when the service is root; otherwise the service's own user."""
+    if os.geteuid() == 0:
+        return "nobody"
+    return pwd.getpwuid(os.geteuid()).pw_name

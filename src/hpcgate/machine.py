@@ -15,12 +15,22 @@ from dataclasses import dataclass, replace
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import Config, MachineConfig
-from hpcgate.errors import Conflict, Forbidden, GatewayError, NotFound, TimedOut, Unavailable
+from hpcgate.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    TimedOut,
+    Unavailable,
+)
 from hpcgate.jobspec import Submission
 from hpcgate.runners.base import Completed, Limits, Runner
 from hpcgate.runners.local import LocalRunner
 from hpcgate.schedulers.base import JobRecord, Scheduler
 from hpcgate.schedulers.slurm import Slurm
+from hpcgate.status.queue_cache import Listing, QueueCache
+from hpcgate.status.store import StatusStore
 
 SCRIPT_DIR = "~/newt"
 
@@ -45,12 +55,17 @@ class Machine:
         *,
         command_limits: Limits,
         scheduler_limits: Limits,
+        queue_cache: QueueCache | None = None,
+        probe_command: list[str] | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
         self.scheduler = scheduler
         self.command_limits = command_limits
         self.scheduler_limits = scheduler_limits
+        self.queue_cache = queue_cache
+        self.probe_command = probe_command
+        self._in_flight: dict[tuple[str, ...], asyncio.Future[Listing]] = {}
 
     async def _schedule(
         self, account: UnixAccount, argv: list[str], *, cwd: str | None = None
@@ -91,16 +106,60 @@ class Machine:
         options = replace(options, working_dir=account.resolve_path(workdir))
         try:
             done = await self._schedule(account, self.scheduler.submit_argv(path, options))
-            return self.scheduler.parse_submit(done)
-        except GatewayError:
-            if generated:  # a script nobody asked to keep is not left behind
+            jobid = self.scheduler.parse_submit(done)
+        except BadRequest:
+            if generated:  # Slurm refused it: a script nobody asked to keep goes too
                 await self.runner.run(account, ["rm", "-f", "--", path], limits=self.command_limits)
             raise
+        except GatewayError:
+            # No clear answer: the job may exist all the same. Keep its script, and make
+            # the user's next listing ask the scheduler.
+            await self._note_write(account)
+            raise
+        await self._note_write(account)
+        return jobid
 
-    async def queue(self, account: UnixAccount) -> list[JobRecord]:
-        """The user's jobs that are still in the queue."""
-        done = await self._schedule(account, self.scheduler.queue_argv(account.name))
-        return [job for job in self.scheduler.parse_queue(done) if job.user == account.name]
+    async def queue(self, account: UnixAccount) -> Listing:
+        """The user's jobs that are still in the queue, and when that was read.
+
+        From the monitors' latest snapshot when it is fresh enough and newer than the
+        user's last submit or kill here; otherwise from the scheduler, with identical
+        concurrent queries answered by one scheduler call.
+        """
+        if self.queue_cache is not None:
+            cached = await self.queue_cache.listing(account.name)
+            if cached is not None:
+                return cached
+        return await self._coalesced(account, self.scheduler.queue_argv(account.name))
+
+    async def _coalesced(self, account: UnixAccount, argv: list[str]) -> Listing:
+        key = (account.name, *argv)
+        pending = self._in_flight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._live_listing(account, argv))
+            self._in_flight[key] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        # shield: one caller going away must not cancel the query the others wait for
+        return await asyncio.shield(pending)
+
+    async def _live_listing(self, account: UnixAccount, argv: list[str]) -> Listing:
+        taken = time.time()
+        jobs = self.scheduler.parse_queue(await self._schedule(account, argv))
+        return Listing([job for job in jobs if job.user == account.name], taken)
+
+    async def survey(
+        self, account: UnixAccount
+    ) -> tuple[list[JobRecord], dict[str, dict[str, int]]]:
+        """Every user's queued jobs and the node counts, in two scheduler calls."""
+        jobs, nodes = await asyncio.gather(
+            self._schedule(account, self.scheduler.all_jobs_argv()),
+            self._schedule(account, self.scheduler.nodes_argv()),
+        )
+        return self.scheduler.parse_queue(jobs), self.scheduler.parse_nodes(nodes)
+
+    async def _note_write(self, account: UnixAccount) -> None:
+        if self.queue_cache is not None:
+            await self.queue_cache.note_write(account.name)
 
     async def _live(self, account: UnixAccount, jobid: str) -> JobRecord | None:
         done = await self._schedule(account, self.scheduler.live_job_argv(jobid))
@@ -144,28 +203,38 @@ class Machine:
         self._check_owner(account, jobid, [live])
         if live.finished:
             raise Conflict(f"job {jobid} has already finished ({live.status}); nothing to kill")
-        self.scheduler.check_cancel(
-            await self._schedule(account, self.scheduler.cancel_argv(jobid))
-        )
+        try:
+            done = await self._schedule(account, self.scheduler.cancel_argv(jobid))
+        finally:  # even a timed-out scancel may have taken effect
+            await self._note_write(account)
+        self.scheduler.check_cancel(done)
 
 
 def _script_name() -> str:
     return f"newt_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}.sh"
 
 
-def build_machine(name: str, machine: MachineConfig, config: Config) -> Machine:
-    """A Machine from its configuration section."""
+def build_machine(
+    name: str, machine: MachineConfig, config: Config, store: StatusStore | None = None
+) -> Machine:
+    """A Machine from its configuration section; ``store`` enables cached queue views."""
     limits = machine.effective_limits(config.limits)
     runner = LocalRunner(path=machine.path, environment=machine.environment)
     scheduler = Slurm(machine.commands)
+    cache = QueueCache(store, name, config.status.queue_max_age) if store is not None else None
     return Machine(
         name,
         runner,
         scheduler,
         command_limits=Limits(limits.timeout, limits.output_bytes),
         scheduler_limits=Limits(limits.scheduler_timeout, limits.scheduler_output_bytes),
+        queue_cache=cache,
+        probe_command=machine.probe_command,
     )
 
 
-def build_machines(config: Config) -> dict[str, Machine]:
-    return {name: build_machine(name, section, config) for name, section in config.machines.items()}
+def build_machines(config: Config, store: StatusStore | None = None) -> dict[str, Machine]:
+    return {
+        name: build_machine(name, section, config, store)
+        for name, section in config.machines.items()
+    }

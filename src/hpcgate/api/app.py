@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +31,24 @@ Everything runs on the machine as the logged-in user.
 
 def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
     """The ASGI application for ``config``."""
+    gw = gateway or Gateway.from_config(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = None
+        if config.embedded_monitors and gw.machines:
+            task = asyncio.create_task(gw.monitor().run_forever(stop), name="monitor")
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            await gw.store.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="hpcgate",
         version=hpcgate.__version__,
         description=DESCRIPTION,
@@ -37,7 +57,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,
     )
-    app.state.gateway = gateway or Gateway.from_config(config)
+    app.state.gateway = gw
     for module in (auth, command, jobs):
         app.include_router(module.router, prefix="/api")
 

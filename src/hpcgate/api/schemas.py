@@ -131,6 +131,14 @@ JOB_EXAMPLE = {
     "user": {"4816216": "alice", "4816216.batch": ""},
     "nodelist": {"4816216": "node[1-2]", "4816216.batch": "node1"},
 }
+STATUS_EXAMPLE = {
+    "ln3": {
+        "queue": {"PD": 1, "R": 1111, "time": 0.012, "health": 0.8},
+        "info": {"work": {"idle": 22, "alloc": 333}},
+        "updated": "2026-11-27T00:00:00.000000Z",
+        "stale": False,
+    }
+}
 LOGIN_EXAMPLE = {
     "auth": True,
     "username": "alice",

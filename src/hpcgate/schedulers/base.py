@@ -43,6 +43,12 @@ class JobRecord:
     def finished(self) -> bool:
         return self.status.upper() in FINAL_STATES
 
+    @property
+    def short_state(self) -> str:
+        """The two-letter code squeue uses (``PD``, ``R``, ``CG``...), for queue counts."""
+        word = self.status.upper()
+        return STATE_CODES.get(word, word[:2] or "??")
+
 
 FINAL_STATES = frozenset(
     {
@@ -60,6 +66,33 @@ FINAL_STATES = frozenset(
 )
 
 
+STATE_CODES = {
+    "BOOT_FAIL": "BF",
+    "CANCELLED": "CA",
+    "COMPLETED": "CD",
+    "COMPLETING": "CG",
+    "CONFIGURING": "CF",
+    "DEADLINE": "DL",
+    "FAILED": "F",
+    "NODE_FAIL": "NF",
+    "OUT_OF_MEMORY": "OOM",
+    "PENDING": "PD",
+    "PREEMPTED": "PR",
+    "REQUEUED": "RQ",
+    "REQUEUE_FED": "RF",
+    "REQUEUE_HOLD": "RH",
+    "RESIZING": "RS",
+    "REVOKED": "RV",
+    "RUNNING": "R",
+    "SIGNALING": "SI",
+    "SPECIAL_EXIT": "SE",
+    "STAGE_OUT": "SO",
+    "STOPPED": "ST",
+    "SUSPENDED": "S",
+    "TIMEOUT": "TO",
+}
+
+
 class Scheduler(ABC):
     """Build and parse methods for one batch scheduler family."""
 
@@ -74,6 +107,18 @@ class Scheduler(ABC):
     @abstractmethod
     def queue_argv(self, user: str) -> list[str]:
         """List ``user``'s jobs that are still in the queue."""
+
+    @abstractmethod
+    def all_jobs_argv(self) -> list[str]:
+        """List every user's jobs still in the queue (one call, for the monitor)."""
+
+    @abstractmethod
+    def nodes_argv(self) -> list[str]:
+        """Node counts by partition and state (one call, for the monitor)."""
+
+    @abstractmethod
+    def parse_nodes(self, result: Completed) -> dict[str, dict[str, int]]:
+        """``{partition: {state: node count}}`` with short states: idle, alloc, mix, down..."""
 
     @abstractmethod
     def live_job_argv(self, jobid: str) -> list[str]:

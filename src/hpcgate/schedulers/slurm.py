@@ -153,6 +153,31 @@ class Slurm(Scheduler):
     def queue_argv(self, user: str) -> list[str]:
         return self._squeue(f"--user={user}")
 
+    def all_jobs_argv(self) -> list[str]:
+        return self._squeue("--all")
+
+    def nodes_argv(self) -> list[str]:
+        # one row per (partition, state) with its node count; %R is the partition name
+        # without the default marker, %t the compact state (idle, alloc, mix, down*, ...)
+        return [self.commands["sinfo"], "--noheader", f"--format=%R{SEP}%t{SEP}%D"]
+
+    def parse_nodes(self, result: Completed) -> dict[str, dict[str, int]]:
+        if not result.ok:
+            raise self.error_for(result)
+        partitions: dict[str, dict[str, int]] = {}
+        for line in result.stdout.splitlines():
+            cells = [cell.strip() for cell in line.split(SEP)]
+            if len(cells) < 3 or not cells[2].isdigit():
+                if line.strip():
+                    log.warning("skipping an unreadable sinfo line: %r", line[:200])
+                continue
+            partition, state, count = cells[:3]
+            # flags after the state: * not responding, ~ powered off, # powering up, ...
+            state = state.rstrip("*~#!%$@^-") or "unknown"
+            counts = partitions.setdefault(partition, {})
+            counts[state] = counts.get(state, 0) + int(count)
+        return partitions
+
     def live_job_argv(self, jobid: str) -> list[str]:
         return self._squeue("--states=all", f"--jobs={jobid}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,6 +16,7 @@ from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
 from hpcgate.jobspec import parse_jobid, parse_submission
 from hpcgate.schedulers.base import JobRecord
+from hpcgate.status.service import iso
 
 router = APIRouter(tags=["jobs"])
 
@@ -75,11 +77,41 @@ async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> 
     "/job/{name}",
     ["GET"],
     summary="Your jobs still in the queue",
+    description=(
+        "Served from the monitors' latest snapshot when it is fresh and newer than your "
+        "last submit or kill here, else from the scheduler. The `Age` header says how old "
+        "the data is in seconds; `X-Data-Taken` when it was read."
+    ),
     responses=schemas.example(schemas.QUEUE_EXAMPLE),
 )
 async def queue(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
     target = machine(request, name)
-    return ok(columns(await target.queue(who.account), QUEUE_COLUMNS))
+    listing = await target.queue(who.account)
+    response = ok(columns(listing.jobs, QUEUE_COLUMNS))
+    # How old the data is, without touching the spec's column-oriented body.
+    response.headers["Age"] = str(max(0, int(time.time() - listing.taken)))
+    response.headers["X-Data-Taken"] = iso(listing.taken)
+    return response
+
+
+@route(
+    router,
+    "/job",
+    ["GET"],
+    summary="Status of every machine",
+    description=(
+        "Read from the monitors' snapshots only: no scheduler is asked. `queue` counts jobs "
+        "by state code, `time` is how long the probe took (s), `health` the success rate "
+        "of recent probes; `info` counts nodes by partition and state. `stale` is true "
+        "when no monitor has written within the configured bound."
+    ),
+    responses=schemas.example(schemas.STATUS_EXAMPLE),
+)
+async def status(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    if not gw.config.status.public:
+        caller(request)
+    return ok(await gw.status.cluster_status())
 
 
 @route(

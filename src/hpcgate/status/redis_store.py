@@ -1,0 +1,80 @@
+"""The Redis store: shared by every API process and monitor, on any host.
+
+Key layout (``prefix`` defaults to ``hpcgate:``):
+
+- ``{prefix}snapshot:{machine}``: the machine's latest snapshot as JSON, replaced whole by
+  one ``SET ... PX ttl`` (atomic: readers see the old or the new one, never a mix).
+- ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
+  that machine, expiring after the queue-freshness bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from hpcgate.status.snapshot import Snapshot
+from hpcgate.status.store import StatusStore, StoreUnavailable
+
+
+class RedisStore(StatusStore):
+    """Snapshots in Redis; every command has a short timeout so a dead Redis never hangs."""
+
+    def __init__(self, url: str, *, prefix: str = "hpcgate:", timeout: float = 2.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+
+    def _snapshot_key(self, machine: str) -> str:
+        return f"{self.prefix}snapshot:{machine}"
+
+    def _write_key(self, machine: str, user: str) -> str:
+        return f"{self.prefix}wrote:{machine}:{user}"
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"the status store (Redis at {self.url}) cannot be reached: {exc}")
+
+    async def put(self, snapshot: Snapshot, ttl: float) -> None:
+        try:
+            await self._redis.set(
+                self._snapshot_key(snapshot.machine), snapshot.to_json(), px=int(ttl * 1000)
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
+        names = list(machines)
+        if not names:
+            return {}
+        try:
+            raws = await self._redis.mget([self._snapshot_key(name) for name in names])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return {
+            name: Snapshot.from_json(raw) if raw is not None else None
+            for name, raw in zip(names, raws, strict=True)
+        }
+
+    async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
+        try:
+            await self._redis.set(self._write_key(machine, user), repr(when), px=int(ttl * 1000))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def last_write(self, machine: str, user: str) -> float | None:
+        try:
+            raw = await self._redis.get(self._write_key(machine, user))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return float(raw) if raw is not None else None
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,50 @@
+"""GET /api/job: every machine's status, read from the store only."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from hpcgate.config import StatusConfig
+from hpcgate.status.store import StatusStore
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class StatusService:
+    """Builds the spec's status shape from snapshots; touches no scheduler."""
+
+    def __init__(self, store: StatusStore, machines: list[str], config: StatusConfig) -> None:
+        self.store = store
+        self.machines = machines
+        self.config = config
+
+    async def cluster_status(self) -> dict[str, dict[str, Any]]:
+        snapshots = await self.store.get_many(self.machines)
+        now = time.time()
+        status: dict[str, dict[str, Any]] = {}
+        for name in self.machines:
+            snapshot = snapshots[name]
+            if snapshot is None:
+                status[name] = {
+                    "queue": {},
+                    "info": {},
+                    "updated": None,
+                    "stale": True,
+                    "error": f"no monitor has reported on {name} yet",
+                }
+                continue
+            entry: dict[str, Any] = {
+                "queue": snapshot.queue_counts()
+                | {"time": snapshot.probe_seconds, "health": snapshot.health},
+                "info": snapshot.partitions,
+                "updated": iso(snapshot.taken),
+                "stale": now - snapshot.taken > self.config.stale_after,
+            }
+            if snapshot.error:
+                entry["error"] = snapshot.error
+            status[name] = entry
+        return status

@@ -1,0 +1,61 @@
+"""A machine's state at one moment, as a monitor saw it: the unit the store keeps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hpcgate.schedulers.base import JobRecord
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One probe of one machine, with the last good scheduler data.
+
+    ``taken`` is when the probe started; ``data_taken`` when the scheduler data (jobs,
+    nodes) was last read successfully, which is older than ``taken`` after a failed
+    probe. Queue views judge freshness by ``data_taken``.
+    """
+
+    machine: str
+    taken: float
+    ok: bool
+    probe_seconds: float
+    probes: tuple[bool, ...]
+    """The recent probe outcomes, newest last; ``health`` is their success rate."""
+    error: str = ""
+    data_taken: float | None = None
+    jobs: tuple[JobRecord, ...] = ()
+    partitions: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def health(self) -> float:
+        return round(sum(self.probes) / len(self.probes), 3) if self.probes else 0.0
+
+    def queue_counts(self) -> dict[str, int]:
+        """Jobs by short state code, e.g. ``{"PD": 1, "R": 1111}``."""
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.short_state] = counts.get(job.short_state, 0) + 1
+        return counts
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["probes"] = [int(ok) for ok in self.probes]
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Snapshot:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            machine=data["machine"],
+            taken=data["taken"],
+            ok=data["ok"],
+            probe_seconds=data["probe_seconds"],
+            probes=tuple(bool(ok) for ok in data["probes"]),
+            error=data.get("error", ""),
+            data_taken=data.get("data_taken"),
+            jobs=tuple(JobRecord(**job) for job in data.get("jobs", ())),
+            partitions=data.get("partitions", {}),
+        )

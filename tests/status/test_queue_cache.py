@@ -1,0 +1,88 @@
+"""Queue listings from snapshots: few scheduler calls, and users always see their own writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from hpcgate.accounts import UnixAccount
+from hpcgate.jobspec import parse_submission
+from tests.status.helpers import cancel, gateway
+
+pytestmark = pytest.mark.usefixtures("cluster")
+SLEEPER = {"jobscript": "#!/bin/bash\nsleep 300\n"}
+
+
+def test_a_fresh_snapshot_answers_without_the_scheduler() -> None:
+    gw, runner = gateway(status={"queue_max_age": 60})
+    alice = UnixAccount.lookup("alice")
+
+    async def body() -> None:
+        (snapshot,) = await gw.monitor().run_once()
+        runner.calls.clear()
+        listings = [await gw.machines["ln3"].queue(alice) for _ in range(50)]
+        assert runner.calls == {}, "no scheduler call for 50 listings"
+        assert all(listing.taken == snapshot.data_taken for listing in listings)
+
+    asyncio.run(body())
+
+
+def test_an_old_snapshot_is_not_served() -> None:
+    gw, runner = gateway(status={"queue_max_age": 0.5})
+    alice = UnixAccount.lookup("alice")
+
+    async def body() -> None:
+        await gw.monitor().run_once()
+        await asyncio.sleep(0.6)
+        runner.calls.clear()
+        listing = await gw.machines["ln3"].queue(alice)
+        assert runner.calls == {"squeue": 1} and time.time() - listing.taken < 5
+
+    asyncio.run(body())
+
+
+def test_read_your_writes_after_submit_and_kill() -> None:
+    gw, runner = gateway(status={"queue_max_age": 60})
+    machine = gw.machines["ln3"]
+    alice, bob = UnixAccount.lookup("alice"), UnixAccount.lookup("bob")
+
+    async def body() -> None:
+        await gw.monitor().run_once()
+        jobid = await machine.submit(alice, parse_submission(SLEEPER, max_script_bytes=10_000))
+        try:
+            listing = await machine.queue(alice)
+            assert jobid in [job.id for job in listing.jobs], "a job just submitted is listed"
+            runner.calls.clear()
+            await machine.queue(bob)
+            assert runner.calls == {}, "bob wrote nothing: the snapshot still serves him"
+
+            await machine.cancel(alice, jobid)
+            listing = await machine.queue(alice)
+            assert all(job.id != jobid or job.status != "Running" for job in listing.jobs)
+
+            # once a snapshot newer than the write exists, it serves alice again
+            await gw.monitor().run_once()
+            runner.calls.clear()
+            await machine.queue(alice)
+            assert runner.calls == {}
+        finally:
+            cancel(jobid)
+
+    asyncio.run(body())
+
+
+def test_identical_live_queries_are_coalesced() -> None:
+    gw, runner = gateway(status={"queue_max_age": 0})  # every listing is live
+    alice, bob = UnixAccount.lookup("alice"), UnixAccount.lookup("bob")
+
+    async def body() -> None:
+        machine = gw.machines["ln3"]
+        listings = await asyncio.gather(
+            *(machine.queue(alice) for _ in range(20)), *(machine.queue(bob) for _ in range(20))
+        )
+        assert runner.calls == {"squeue": 2}, "one squeue for alice's 20, one for bob's 20"
+        assert len({id(listing) for listing in listings[:20]}) == 1
+
+    asyncio.run(body())
