@@ -16,7 +16,12 @@ from hpcgate.errors import GatewayError
 log = logging.getLogger("hpcgate")
 
 EPILOG = """\
-examples:
+for users of a gateway:
+  hpcgate login --url https://gateway.example.org alice
+  hpcgate submit ln3 job.sh --name hello --time 10
+  hpcgate queue ln3;  hpcgate wait ln3 4816214;  hpcgate show ln3 4816214
+
+for its administrators:
   hpcgate serve --config config/demo.toml
   HPCGATE_SERVER__PORT=9000 hpcgate serve --config /etc/hpcgate/hpcgate.toml
   hpcgate monitor --config /etc/hpcgate/hpcgate.toml   # with a Redis store
@@ -125,7 +130,8 @@ def _hash_password(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="hpcgate",
-        description="An HPC web gateway that runs everything as the logged-in user.",
+        description="An HPC web gateway that runs everything as the logged-in user: the "
+        "server (serve, monitor) and its command-line client.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -170,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
         "password_hash of an entry in auth.users_file.",
     )
     hashing.set_defaults(handler=_hash_password)
+
+    from hpcgate.client.cli import register
+
+    register(commands)
     return top
 
 
