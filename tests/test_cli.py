@@ -14,7 +14,7 @@ def hpcgate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands_with_examples() -> None:
     top = hpcgate("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "hash-password" in top.stdout
-    assert "examples:" in top.stdout
+    assert "for users of a gateway:" in top.stdout and "hpcgate submit" in top.stdout
     serve = hpcgate("serve", "--help")
     assert "--config" in serve.stdout and "example:" in serve.stdout
 
