@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.login_nodes import LoginNodes
+
 REPO = Path(__file__).resolve().parents[1]
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 T = TypeVar("T")
@@ -117,6 +119,7 @@ def start_server(config_text: str, workdir: Path) -> Server:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "GATEWAY_TEST_CANARY": CANARY},
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
 
@@ -142,16 +145,25 @@ def stop_server(server: Server) -> None:
 
 
 RENAMED = {"sbatch": "yhbatch", "squeue": "yhq", "sacct": "yhacct", "scancel": "yhcancel"}
+CANARY = "hpcgate-service-secret-canary"
 
 
-def gateway_config(public_dir: Path) -> str:
-    """The test gateway: ln3 as deployed, plus machines with tight limits and renamed tools."""
+def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | None) -> str:
+    """The test gateway: ln3 as deployed, plus machines with tight limits and renamed tools.
+
+    With ``transport = "ssh"`` every machine reaches its login nodes over SSH (the two
+    sshd's of ``login_nodes``) instead of running locally: the same tests cover both.
+    """
     bin_dir = public_dir / "bin"
     bin_dir.mkdir(exist_ok=True)
     for real, renamed in RENAMED.items():
         link = bin_dir / renamed
         if not link.exists():
             link.symlink_to(shutil.which(real) or f"/usr/bin/{real}")
+    runner = 'runner = "local"'
+    if transport == "ssh":
+        assert login_nodes is not None
+        runner = f'runner = "ssh"\nssh = {login_nodes.ssh_section()}'
     return f"""
 [auth]
 backend = "pam"
@@ -160,24 +172,51 @@ failed_login_delay = 0.05
 [limits]
 scheduler_timeout = 30
 
+[monitor]
+account = "hpcmon"
+
 [machines.ln3]
 description = "as deployed"
+{runner}
 
 [machines.tight]
 description = "small limits, for timeout and output-cap tests"
+{runner}
 limits = {{ timeout = 1.5, output_bytes = 4096 }}
 
 [machines.renamed]
 description = "Slurm's commands under Tianhe-2 style names"
+{runner}
 path = "{bin_dir}:/usr/local/bin:/usr/bin:/bin"
 commands = {{ {", ".join(f'{k} = "{v}"' for k, v in RENAMED.items())} }}
 """
 
 
 @pytest.fixture(scope="session")
-def server(cluster: None, public_dir: Path) -> Iterator[Server]:
-    """One real gateway process for the whole session."""
-    running = start_server(gateway_config(public_dir), public_dir)
+def login_nodes(cluster: None, public_dir: Path) -> Iterator[LoginNodes]:
+    """Two real sshd's on loopback: two login nodes of one machine."""
+    directory = public_dir / "login-nodes"
+    directory.mkdir()
+    nodes = LoginNodes(directory, [free_port(), free_port()])
+    nodes.start_all()
+    yield nodes
+    nodes.stop_all()
+
+
+@pytest.fixture(scope="session", params=["local", "ssh"])
+def server(request: pytest.FixtureRequest, cluster: None, public_dir: Path) -> Iterator[Server]:
+    """One real gateway process per transport; tests using it run once for each."""
+    transport = request.param
+    nodes = request.getfixturevalue("login_nodes") if transport == "ssh" else None
+    running = start_server(gateway_config(public_dir, transport, nodes), public_dir)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def local_server(cluster: None, public_dir: Path) -> Iterator[Server]:
+    """A gateway on the local transport only, for tests of what sits above the transport."""
+    running = start_server(gateway_config(public_dir, "local", None), public_dir)
     yield running
     stop_server(running)
 

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "HPCGATE_"
 MACHINE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -91,8 +98,23 @@ class MonitorConfig(_Section):
     )
 
 
+class SshConfig(_Section):
+    """How the ssh runner reaches a machine's login nodes."""
+
+    hosts: list[str] = Field(min_length=1, description="login nodes, 'host' or 'host:port'")
+    known_hosts: Path = Field(description="the login nodes' host keys; always checked")
+    ca_key: Path = Field(description="the gateway's SSH CA private key (mode 0600)")
+    certificate_validity: float = Field(600.0, ge=60, description="seconds a user cert lasts")
+    idle_timeout: float = Field(300.0, gt=0, description="close connections idle this long")
+    max_connections: int = Field(200, ge=1, description="open connections, all users")
+    max_sessions: int = Field(10, ge=1, description="channels per connection (MaxSessions)")
+    keepalive_interval: float = Field(15.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    host_retry_after: float = Field(30.0, ge=0, description="skip a failed host this long")
+
+
 class MachineConfig(_Section):
-    runner: Literal["local"] = "local"
+    runner: Literal["local", "ssh"] = "local"
     scheduler: Literal["slurm"] = "slurm"
     description: str = ""
     commands: dict[str, str] = Field(
@@ -102,11 +124,22 @@ class MachineConfig(_Section):
     environment: dict[str, str] = Field(
         default_factory=dict, description="extra environment for every action (e.g. SLURM_CONF)"
     )
-    path: str = "/usr/local/bin:/usr/bin:/bin"
+    path: str | None = Field(
+        None,
+        description="PATH of every action; default: local /usr/local/bin:/usr/bin:/bin, "
+        "ssh the login shell's",
+    )
+    ssh: SshConfig | None = None
     limits: LimitsOverride = Field(default_factory=LimitsOverride)
     probe_command: list[str] | None = Field(
         None, description="an extra health test the monitor runs (argv); non-zero exit fails"
     )
+
+    @model_validator(mode="after")
+    def _runner_settings(self) -> MachineConfig:
+        if self.runner == "ssh" and self.ssh is None:
+            raise ValueError("runner = 'ssh' needs an [machines.<name>.ssh] section")
+        return self
 
     def effective_limits(self, defaults: LimitsConfig) -> LimitsConfig:
         """The global limits with this machine's overrides applied."""
@@ -184,6 +217,16 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(f"invalid configuration ({path or 'defaults'}): {problems}") from exc
     if config.auth.backend == "users_file" and config.auth.users_file is None:
         raise ConfigError("auth.backend = 'users_file' needs auth.users_file = '<path>'")
-    if config.auth.users_file is not None and path and not config.auth.users_file.is_absolute():
-        config.auth.users_file = (Path(path).parent / config.auth.users_file).resolve()
+    if path:
+        base = Path(path).parent
+        if config.auth.users_file is not None:
+            config.auth.users_file = _relative_to(base, config.auth.users_file)
+        for machine in config.machines.values():
+            if machine.ssh is not None:
+                machine.ssh.known_hosts = _relative_to(base, machine.ssh.known_hosts)
+                machine.ssh.ca_key = _relative_to(base, machine.ssh.ca_key)
     return config
+
+
+def _relative_to(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 
@@ -10,9 +11,12 @@ from hpcgate.auth import LoginService, SessionStore, build_authenticator
 from hpcgate.config import Config
 from hpcgate.errors import NotFound
 from hpcgate.machine import Machine, build_machines
+from hpcgate.runners.ssh import SshRunner
 from hpcgate.status import StatusStore, build_store
 from hpcgate.status.monitor import Monitor
 from hpcgate.status.service import StatusService
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -49,6 +53,15 @@ class Gateway:
         """A monitor of ``names`` (default: every machine), writing to this gateway's store."""
         chosen = {name: self.machine(name) for name in names or self.machines}
         account = UnixAccount.lookup(self.config.monitor.account or default_monitor_account())
+        over_ssh = [name for name in chosen if isinstance(chosen[name].runner, SshRunner)]
+        if over_ssh and account.shell.endswith(("nologin", "false")):
+            log.warning(
+                "monitor account %s has no login shell (%s), so it cannot log in to %s over "
+                "SSH: set monitor.account to an account that can",
+                account.name,
+                account.shell,
+                ", ".join(over_ssh),
+            )
         return Monitor(chosen, self.store, account, self.config.monitor, self.config.status)
 
 

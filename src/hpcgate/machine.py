@@ -26,7 +26,8 @@ from hpcgate.errors import (
 )
 from hpcgate.jobspec import Submission
 from hpcgate.runners.base import Completed, Limits, Runner
-from hpcgate.runners.local import LocalRunner
+from hpcgate.runners.local import DEFAULT_PATH, LocalRunner
+from hpcgate.runners.ssh import build_ssh_runner
 from hpcgate.schedulers.base import JobRecord, Scheduler
 from hpcgate.schedulers.slurm import Slurm
 from hpcgate.status.queue_cache import Listing, QueueCache
@@ -219,7 +220,13 @@ def build_machine(
 ) -> Machine:
     """A Machine from its configuration section; ``store`` enables cached queue views."""
     limits = machine.effective_limits(config.limits)
-    runner = LocalRunner(path=machine.path, environment=machine.environment)
+    runner: Runner
+    if machine.ssh is not None and machine.runner == "ssh":
+        runner = build_ssh_runner(
+            name, machine.ssh, path=machine.path, environment=machine.environment
+        )
+    else:
+        runner = LocalRunner(path=machine.path or DEFAULT_PATH, environment=machine.environment)
     scheduler = Slurm(machine.commands)
     cache = QueueCache(store, name, config.status.queue_max_age) if store is not None else None
     return Machine(

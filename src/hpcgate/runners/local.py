@@ -16,6 +16,7 @@ from hpcgate.runners.base import Completed, Limits, Runner
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class _OutputTooLarge(Exception):
@@ -33,7 +34,7 @@ class LocalRunner(Runner):
     def __init__(
         self,
         *,
-        path: str = "/usr/local/bin:/usr/bin:/bin",
+        path: str = DEFAULT_PATH,
         environment: Mapping[str, str] | None = None,
     ) -> None:
         self._path = path
