@@ -268,7 +268,8 @@ class SshRunner(Runner):
         self._environment = dict(environment or {})
         if path is not None:
             self._environment["PATH"] = path
-        self._down_until: dict[LoginHost, float] = {}
+        self._down: dict[LoginHost, tuple[float, str]] = {}
+        """Login hosts that failed: until when they are skipped, and why."""
 
     def shell_argv(self, account: UnixAccount, command_line: str) -> list[str]:
         return [account.shell, "-c", command_line]
@@ -301,7 +302,7 @@ class SshRunner(Runner):
 
     def _candidates(self) -> list[LoginHost]:
         now = time.monotonic()
-        up = [h for h in self.hosts if self._down_until.get(h, 0) <= now]
+        up = [h for h in self.hosts if self._down.get(h, (0.0, ""))[0] <= now]
         return up or list(self.hosts)  # all marked down: try them all again
 
     async def _execute(
@@ -314,15 +315,19 @@ class SshRunner(Runner):
     ) -> Completed:
         if account.uid == 0:
             raise Forbidden("actions never run as root")
-        failures = []
-        for host in self._candidates():
+        candidates = self._candidates()
+        for host in candidates:
             try:
                 return await self._on_host(account, host, command, argv, limits, stdin)
             except _HostFailed as exc:
-                self._down_until[host] = time.monotonic() + self.host_retry_after
+                self._down[host] = (time.monotonic() + self.host_retry_after, str(exc))
                 log.warning("login node %s of %s: %s", host, self.machine, exc)
-                failures.append(f"{host}: {exc}")
-        raise Unavailable(f"no login node of {self.machine} can be used: {'; '.join(failures)}")
+        reasons = [
+            f"{host}: {self._down[host][1]}" + ("" if host in candidates else " (recently)")
+            for host in self.hosts
+            if host in self._down
+        ]
+        raise Unavailable(f"no login node of {self.machine} can be used: {'; '.join(reasons)}")
 
     async def _on_host(
         self,
@@ -344,7 +349,7 @@ class SshRunner(Runner):
                     if attempt == 2:
                         raise _HostFailed(f"connection lost: {exc}") from None
                     continue
-                self._down_until.pop(host, None)
+                self._down.pop(host, None)
                 return await self._finish(connection, process, argv, limits, stdin)
         raise AssertionError("unreachable")  # pragma: no cover
 
