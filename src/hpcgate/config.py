@@ -105,7 +105,9 @@ class SshConfig(_Section):
     known_hosts: Path = Field(description="the login nodes' host keys; always checked")
     ca_key: Path = Field(description="the gateway's SSH CA private key (mode 0600)")
     certificate_validity: float = Field(600.0, ge=60, description="seconds a user cert lasts")
-    idle_timeout: float = Field(300.0, gt=0, description="close connections idle this long")
+    idle_timeout: float = Field(
+        300.0, ge=0, description="close connections idle this long; 0: one per request"
+    )
     max_connections: int = Field(200, ge=1, description="open connections, all users")
     max_sessions: int = Field(10, ge=1, description="channels per connection (MaxSessions)")
     keepalive_interval: float = Field(15.0, gt=0)

@@ -215,7 +215,9 @@ class ConnectionPool:
             finally:
                 pooled.in_use -= 1
                 pooled.last_used = time.monotonic()
-                if pooled.in_use == 0 and self._pooled.get((user, host)) is not pooled:
+                if pooled.in_use == 0 and self.settings.idle_timeout == 0:
+                    self._retire((user, host))  # no reuse: a connection per request
+                elif pooled.in_use == 0 and self._pooled.get((user, host)) is not pooled:
                     pooled.connection.close()  # retired while in use
 
     def discard(self, user: str, host: LoginHost) -> None:
@@ -223,6 +225,8 @@ class ConnectionPool:
         self._retire((user, host))
 
     def _start_reaper(self) -> None:
+        if self.settings.idle_timeout == 0:
+            return
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
