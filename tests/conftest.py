@@ -8,6 +8,7 @@ holds or a deadline passes.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from tests.login_nodes import LoginNodes
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the machine's own Redis
 T = TypeVar("T")
 
 
@@ -160,6 +162,9 @@ def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | N
         link = bin_dir / renamed
         if not link.exists():
             link.symlink_to(shutil.which(real) or f"/usr/bin/{real}")
+    slow = bin_dir / "slowbatch"  # sbatch that takes its time: for clients that hang up
+    slow.write_text('#!/bin/sh\nsleep 2\nexec sbatch "$@"\n')
+    slow.chmod(0o755)
     runner = 'runner = "local"'
     if transport == "ssh":
         assert login_nodes is not None
@@ -189,6 +194,12 @@ description = "Slurm's commands under Tianhe-2 style names"
 {runner}
 path = "{bin_dir}:/usr/local/bin:/usr/bin:/bin"
 commands = {{ {", ".join(f'{k} = "{v}"' for k, v in RENAMED.items())} }}
+
+[machines.slow]
+description = "sbatch takes two seconds"
+{runner}
+path = "{bin_dir}:/usr/local/bin:/usr/bin:/bin"
+commands = {{ sbatch = "slowbatch" }}
 """
 
 
@@ -257,3 +268,16 @@ def error_of(response: httpx.Response, status: int) -> str:
     assert body["error"], body
     error: str = body["error"]
     return error
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A Redis key prefix no other test uses; its keys are deleted afterwards."""
+    import redis
+
+    name = f"hpcgate-test-{secrets.token_hex(4)}:"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{name}*"))
+    if keys:
+        client.delete(*keys)

@@ -76,6 +76,9 @@ class StoreConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = Field("hpcgate:", description="prepended to every Redis key")
     timeout: float = Field(2.0, gt=0, description="seconds a Redis command may take")
+    idempotency_ttl: float = Field(
+        86400.0, gt=0, description="seconds an Idempotency-Key of POST /api/job is remembered"
+    )
 
 
 class StatusConfig(_Section):

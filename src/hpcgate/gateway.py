@@ -8,8 +8,14 @@ import pwd
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.auth import LoginService, SessionStore, build_authenticator
+from hpcgate.auth.sessions import RedisSessionStore
 from hpcgate.config import Config
 from hpcgate.errors import NotFound
+from hpcgate.idempotency import (
+    IdempotencyStore,
+    IdempotentSubmits,
+    MemoryIdempotencyStore,
+)
 from hpcgate.machine import Machine, build_machines
 from hpcgate.runners.ssh import SshRunner
 from hpcgate.status import StatusStore, build_store
@@ -34,11 +40,18 @@ class Gateway:
         self.machines = machines
         self.store = store
         self.status = StatusService(store, list(machines), config.status)
+        self.submits = IdempotentSubmits(
+            build_idempotency_store(store),
+            ttl=config.store.idempotency_ttl,
+            wait=2 * config.limits.scheduler_timeout + 10,
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
-        login = LoginService(build_authenticator(config.auth), SessionStore(), config.auth)
         store = build_store(config.store)
+        login = LoginService(
+            build_authenticator(config.auth), build_session_store(store), config.auth
+        )
         return cls(config, login, build_machines(config, store), store)
 
     def machine(self, name: str) -> Machine:
@@ -70,3 +83,21 @@ def default_monitor_account() -> str:
     if os.geteuid() == 0:
         return "nobody"
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def build_idempotency_store(store: StatusStore) -> IdempotencyStore:
+    """Idempotency records beside the status store: shared through Redis when it is Redis."""
+    from hpcgate.status.redis_store import RedisIdempotencyStore, RedisStore
+
+    if isinstance(store, RedisStore):
+        return RedisIdempotencyStore(store)
+    return MemoryIdempotencyStore()
+
+
+def build_session_store(store: StatusStore) -> SessionStore:
+    """Sessions beside the status store: shared by every process when it is Redis."""
+    from hpcgate.status.redis_store import RedisStore
+
+    if isinstance(store, RedisStore):
+        return RedisSessionStore(store)
+    return SessionStore()

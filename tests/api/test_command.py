@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from contextlib import closing
 
 import httpx
+import pytest
 
-from tests.conftest import CANARY, error_of, ok_output, wait_for
+from tests.conftest import CANARY, Server, error_of, ok_output, wait_for
 
 
 def run(client: httpx.Client, command: str, machine: str = "ln3") -> dict[str, object]:
@@ -65,3 +67,14 @@ def test_a_missing_or_empty_command_is_400(alice: httpx.Client) -> None:
     assert "command" in error_of(alice.post("/command/ln3", data={}), 400)
     assert "command" in error_of(alice.post("/command/ln3", json={"command": "  "}), 400)
     assert "NUL" in error_of(alice.post("/command/ln3", json={"command": "echo \u0000"}), 400)
+
+
+def test_a_command_whose_client_went_away_is_killed(server: Server) -> None:
+    with closing(server.login("alice")) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/command/ln3", data={"command": "sleep 543.25; echo late"}, timeout=1)
+
+    def gone() -> bool:
+        found = subprocess.run(["pgrep", "-u", "alice", "-f", "sleep 543.25"], capture_output=True)
+        return found.returncode == 1
+
+    assert wait_for(gone, timeout=15, what="the abandoned command to be killed")

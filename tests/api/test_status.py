@@ -20,7 +20,7 @@ def fresh_status(client: httpx.Client) -> dict[str, dict[str, object]]:
 
 def test_status_is_public_and_has_the_spec_shape(anonymous: httpx.Client) -> None:
     status = fresh_status(anonymous)
-    assert set(status) == {"ln3", "tight", "renamed"}
+    assert set(status) == {"ln3", "tight", "renamed", "slow"}
     ln3 = status["ln3"]
     assert ln3["stale"] is False
     queue, info = ln3["queue"], ln3["info"]

@@ -42,10 +42,10 @@ def test_system_accounts_cannot_log_in(service: LoginService) -> None:
 def test_a_good_login_maps_the_token_to_the_account(service: LoginService) -> None:
     token, session, account = asyncio.run(service.login("ali", "pw", "127.0.0.1"))
     assert account.name == "alice" and session.username == "alice"
-    assert service.account_for(token)[0].uid == account.uid
-    assert service.logout(token)
+    assert asyncio.run(service.account_for(token))[0].uid == account.uid
+    assert asyncio.run(service.logout(token))
     with pytest.raises(NotLoggedIn):
-        service.account_for(token)
+        asyncio.run(service.account_for(token))
 
 
 def test_failures_are_slowed_down(service: LoginService) -> None:

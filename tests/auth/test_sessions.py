@@ -1,33 +1,80 @@
-"""Sessions: random tokens, kept only as hashes, that expire."""
+"""Sessions: random tokens, kept only as hashes, that expire; in memory or in Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
-from hpcgate.auth.sessions import SessionStore
+import pytest
+import redis
+
+from hpcgate.auth.sessions import RedisSessionStore, SessionStore
+from hpcgate.status.redis_store import RedisStore
+from tests.conftest import REDIS_URL
 
 
-def test_tokens_are_random_and_never_stored_in_clear() -> None:
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> Callable[[], SessionStore]:
+    if request.param == "memory":
+        return SessionStore
+    prefix = request.getfixturevalue("prefix")
+    return lambda: RedisSessionStore(RedisStore(REDIS_URL, prefix=prefix))
+
+
+def test_tokens_are_random_and_never_stored_in_clear(
+    make_store: Callable[[], SessionStore], prefix: str
+) -> None:
+    async def body() -> None:
+        store = make_store()
+        first, _ = await store.create("alice", 60)
+        second, _ = await store.create("alice", 60)
+        assert first != second and len(first) >= 40
+        found = await store.get(first)
+        assert found is not None and found.username == "alice"
+        stored = repr(store._sessions) + repr(redis.Redis.from_url(REDIS_URL).keys(f"{prefix}*"))
+        assert first not in stored and second not in stored
+
+    asyncio.run(body())
+
+
+def test_sessions_expire(make_store: Callable[[], SessionStore]) -> None:
+    async def body() -> None:
+        store = make_store()
+        token, session = await store.create("alice", 0.3)
+        assert 0 <= session.remaining <= 1
+        assert await store.get(token) is not None
+        await asyncio.sleep(0.4)
+        assert await store.get(token) is None
+
+    asyncio.run(body())
+
+
+def test_delete(make_store: Callable[[], SessionStore]) -> None:
+    async def body() -> None:
+        store = make_store()
+        token, _ = await store.create("bob", 60)
+        assert await store.delete(token) and not await store.delete(token)
+        assert await store.get(token) is None and await store.get("unknown") is None
+
+    asyncio.run(body())
+
+
+def test_a_redis_session_is_valid_on_every_process(prefix: str) -> None:
+    async def body() -> None:
+        one = RedisSessionStore(RedisStore(REDIS_URL, prefix=prefix))
+        two = RedisSessionStore(RedisStore(REDIS_URL, prefix=prefix))
+        token, _ = await one.create("alice", 60)
+        assert (await two.get(token)) is not None
+        await two.delete(token)  # logout on one process ends it everywhere
+        assert await one.get(token) is None
+
+    asyncio.run(body())
+
+
+def test_memory_store_purges_expired_sessions() -> None:
     store = SessionStore()
-    first, _ = store.create("alice", 60)
-    second, _ = store.create("alice", 60)
-    assert first != second and len(first) >= 40
-    assert first not in repr(store._sessions) and second not in repr(store._sessions)
-    assert store.get(first) is not None and store.get(first).username == "alice"  # type: ignore[union-attr]
-
-
-def test_sessions_expire() -> None:
-    store = SessionStore()
-    token, session = store.create("alice", 60)
-    assert 0 < session.remaining <= 60
-    store._sessions = {
-        key: type(s)(s.username, s.created, time.time() - 1) for key, s in store._sessions.items()
-    }
-    assert store.get(token) is None
-
-
-def test_delete() -> None:
-    store = SessionStore()
-    token, _ = store.create("bob", 60)
-    assert store.delete(token) and not store.delete(token)
-    assert store.get(token) is None and store.get("unknown") is None
+    asyncio.run(store.create("a", 0.01))
+    time.sleep(0.02)
+    asyncio.run(store.create("b", 60))
+    assert len(store._sessions) == 1

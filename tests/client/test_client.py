@@ -16,6 +16,7 @@ from hpcgate.client import (
     Forbidden,
     NotFound,
     NotLoggedIn,
+    Unavailable,
     WaitTimedOut,
     calls,
 )
@@ -102,25 +103,33 @@ def test_a_dead_gateway_is_connection_failed_after_retries() -> None:
         client.status()
 
 
-def test_reads_are_retried_on_503_and_writes_are_not() -> None:
-    seen: list[str] = []
+def test_reads_and_keyed_submits_are_retried_kills_are_not() -> None:
+    seen: list[httpx.Request] = []
+    fail_next = [True]
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.method)
-        if len(seen) == 1 or request.method == "POST":
+        seen.append(request)
+        if fail_next[0] or request.method == "DELETE":
+            fail_next[0] = False
             body = {"status": "ERROR", "output": "", "status_code": 503, "error": "busy"}
             return httpx.Response(503, json=body)
+        output = {"jobid": "7"} if request.method == "POST" else {}
         return httpx.Response(
-            200, json={"status": "OK", "output": {}, "status_code": 200, "error": ""}
+            200, json={"status": "OK", "output": output, "status_code": 200, "error": ""}
         )
 
     with Client("http://gateway.test", transport=httpx.MockTransport(handler), retries=2) as client:
         assert client.status() == []
-        assert seen == ["GET", "GET"]
+        assert [r.method for r in seen] == ["GET", "GET"]
         seen.clear()
-        with pytest.raises(Exception, match="busy"):
-            client.submit("ln3", script="#!/bin/sh\n")
-        assert seen == ["POST"], "a submit is never sent twice"
+        fail_next[0] = True
+        assert client.submit("ln3", script="#!/bin/sh\n") == "7"
+        keys = {r.headers.get("idempotency-key") for r in seen}
+        assert len(seen) == 2 and len(keys) == 1 and None not in keys, "one key, resent"
+        seen.clear()
+        with pytest.raises(Unavailable, match="busy"):
+            client.cancel("ln3", "7")
+        assert [r.method for r in seen] == ["DELETE"], "a kill is never sent twice"
 
 
 def test_async_client(server: Server) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,19 +11,6 @@ import pytest
 import redis
 
 from tests.conftest import free_port, wait_for
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    name = f"hpcgate-test-{secrets.token_hex(4)}:"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{name}*"))
-    if keys:
-        client.delete(*keys)
 
 
 class PrivateRedis:

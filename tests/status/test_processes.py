@@ -11,8 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, error_of, ok_output, start_server, stop_server, wait_for
-from tests.status.conftest import REDIS_URL, PrivateRedis
+from tests.conftest import (
+    REDIS_URL,
+    Server,
+    error_of,
+    ok_output,
+    start_server,
+    stop_server,
+    wait_for,
+)
+from tests.status.conftest import PrivateRedis
 from tests.status.helpers import cancel, held_job
 
 STALE_AFTER = 3
@@ -143,11 +151,12 @@ def test_redis_down_is_503_and_everything_recovers(
     server = deployment.servers[0]
     wait_for(lambda: deployment.statuses()[0]["stale"] is False, what="a first snapshot")
 
+    alice = server.login("alice")
     redis_server.stop()
     with server.client() as anonymous:
         assert "cannot be reached" in error_of(anonymous.get("/job"), 503)
-    with closing(server.login("alice")) as alice:  # listings fall back to the scheduler
-        assert "id" in ok_output(alice.get("/job/ln3"))
+    # sessions live in Redis too: a clear 503, never a hang or a wrong answer
+    assert "cannot be reached" in error_of(alice.get("/job/ln3"), 503)
 
     redis_server.start()  # empty: the monitor must fill it again, nobody restarts anything
     assert deployment.monitor is not None and deployment.monitor.poll() is None
@@ -156,3 +165,20 @@ def test_redis_down_is_503_and_everything_recovers(
         timeout=20,
         what="the gateway and monitor to recover",
     )
+    # the restarted Redis is empty: the old session is gone, a new login works
+    error_of(alice.get("/job/ln3"), 401)
+    with closing(server.login("alice")) as again:
+        assert "id" in ok_output(again.get("/job/ln3"))
+    alice.close()
+
+
+def test_an_idempotency_key_holds_across_gateways(deployment: Deployment) -> None:
+    key = "across-gateways-" + deployment.workdir.name
+    body = {"jobscript": "#!/bin/bash\nsleep 60\n", "jobconf": '{"job_name": "across"}'}
+    jobids = []
+    for server in deployment.servers:
+        with closing(server.login("alice")) as alice:
+            answer = alice.post("/job/ln3", data=body, headers={"Idempotency-Key": key})
+            jobids.append(ok_output(answer)["jobid"])
+    assert jobids[0] == jobids[1], "the second gateway found the first one's record in Redis"
+    cancel(*jobids[:1])

@@ -12,7 +12,8 @@ import pytest
 from hpcgate.status.redis_store import RedisStore
 from hpcgate.status.snapshot import Snapshot
 from hpcgate.status.store import MemoryStore, StatusStore, StoreUnavailable
-from tests.status.conftest import REDIS_URL, PrivateRedis
+from tests.conftest import REDIS_URL
+from tests.status.conftest import PrivateRedis
 
 
 def snapshot(machine: str, taken: float = 1.0) -> Snapshot:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import Request
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.auth.sessions import Session
+from hpcgate.errors import GatewayError
 from hpcgate.gateway import Gateway
 from hpcgate.machine import Machine
 
 COOKIE_NAME = "newt_sessionid"
+
+
+class ClientGone(GatewayError):
+    """The client disconnected before the answer (nginx's 499); nobody reads this."""
+
+    status_code = 499
+
+
+T = TypeVar("T")
+DISCONNECT_POLL = 0.25
 
 
 def gateway(request: Request) -> Gateway:
@@ -38,11 +52,25 @@ class Caller:
     session: Session
 
 
-def caller(request: Request) -> Caller:
+async def caller(request: Request) -> Caller:
     """The logged-in caller; 401 in the envelope when there is none."""
-    account, session = gateway(request).login.account_for(request_token(request))
+    account, session = await gateway(request).login.account_for(request_token(request))
     return Caller(account, session)
 
 
 def machine(request: Request, name: str) -> Machine:
     return gateway(request).machine(name)
+
+
+async def until_disconnected(request: Request, action: Coroutine[Any, Any, T]) -> T:
+    """Run ``action``, cancelling it if the client goes away (the runner then kills the
+    command's processes, so nothing is left running for nobody)."""
+    task = asyncio.ensure_future(action)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientGone("the client went away; its action was stopped")

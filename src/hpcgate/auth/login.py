@@ -60,18 +60,18 @@ class LoginService:
         except Forbidden:
             log.warning("refused login for %r (%s) from %s", username, unix_name, client)
             raise
-        token, session = self.sessions.create(account.name, self.config.session_lifetime)
+        token, session = await self.sessions.create(account.name, self.config.session_lifetime)
         log.info("login: %s from %s", account.name, client)
         return token, session, account
 
-    def account_for(self, token: str | None) -> tuple[UnixAccount, Session]:
+    async def account_for(self, token: str | None) -> tuple[UnixAccount, Session]:
         """The account behind a token; NotLoggedIn when there is none or it expired."""
-        session = self.sessions.get(token) if token else None
+        session = await self.sessions.get(token) if token else None
         if session is None:
             raise NotLoggedIn("not logged in: POST /api/auth with username and password first")
         account = UnixAccount.lookup(session.username)
         self._admit(account)
         return account, session
 
-    def logout(self, token: str | None) -> bool:
-        return bool(token) and self.sessions.delete(token or "")
+    async def logout(self, token: str | None) -> bool:
+        return bool(token) and await self.sessions.delete(token or "")

@@ -57,8 +57,9 @@ class Client:
     ...     job = gw.wait("ln3", jobid)
     ...     print(job.state, job.exit_code)
 
-    Reads are retried with backoff after a connection error or a 503/429; writes never
-    are, so a submit is never sent twice.
+    Reads are retried with backoff after a connection error or a 503/429, and so are
+    submits: each carries an ``Idempotency-Key``, so the gateway submits it at most once.
+    Kills are never retried.
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class Client:
         while True:
             try:
                 response = self._http.request(
-                    call.method, call.path, data=call.data, params=call.params
+                    call.method, call.path, data=call.data, params=call.params, headers=call.headers
                 )
             except httpx.TransportError as exc:
                 if _should_retry(call, attempt, self.retries, None):
@@ -227,7 +228,7 @@ class AsyncClient:
         while True:
             try:
                 response = await self._http.request(
-                    call.method, call.path, data=call.data, params=call.params
+                    call.method, call.path, data=call.data, params=call.params, headers=call.headers
                 )
             except httpx.TransportError as exc:
                 if _should_retry(call, attempt, self.retries, None):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -40,6 +41,7 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     data: dict[str, Any] | None = None
     params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
     idempotent: bool = False
     """Safe to send again after a connection error or a 503."""
 
@@ -103,6 +105,7 @@ def submit(
     script: str | None = None,
     path: str | None = None,
     remote_file: str | None = None,
+    idempotency_key: str | None = None,
     options: dict[str, Any],
 ) -> Call[str]:
     """Submit ``script`` (text; written to ``path`` or ~/newt) or ``remote_file``."""
@@ -120,7 +123,15 @@ def submit(
     conf = jobconf(options)
     if conf:
         data["jobconf"] = json.dumps(conf)
-    return Call("POST", f"/job/{machine}", lambda out: str(out["jobid"]), data=data)
+    # One key per submit, reused by every retry of it: the gateway submits at most once.
+    return Call(
+        "POST",
+        f"/job/{machine}",
+        lambda out: str(out["jobid"]),
+        data=data,
+        headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+        idempotent=True,
+    )
 
 
 def queue(machine: str) -> Call[list[models.Job]]:

@@ -6,6 +6,8 @@ Key layout (``prefix`` defaults to ``hpcgate:``):
   one ``SET ... PX ttl`` (atomic: readers see the old or the new one, never a mix).
 - ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
   that machine, expiring after the queue-freshness bound.
+- ``{prefix}idem:{user}:{machine}:{key}``: an idempotent submit's record (see
+  :mod:`hpcgate.idempotency`), expiring after ``idempotency_ttl``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from hpcgate.idempotency import IdempotencyStore, Record
 from hpcgate.status.snapshot import Snapshot
 from hpcgate.status.store import StatusStore, StoreUnavailable
 
@@ -78,3 +81,45 @@ class RedisStore(StatusStore):
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class RedisIdempotencyStore(IdempotencyStore):
+    """Idempotency records in Redis: ``{prefix}idem:{user}:{machine}:{key}``, claimed with
+    ``SET NX``, so retries racing on different gateway processes submit once."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    def _key(self, key: str) -> str:
+        return f"{self._store.prefix}idem:{key}"
+
+    async def claim(self, key: str, record: Record, ttl: float) -> Record | None:
+        try:
+            claimed = await self._store._redis.set(
+                self._key(key), record.to_json(), nx=True, px=int(ttl * 1000)
+            )
+            if claimed:
+                return None
+            raw = await self._store._redis.get(self._key(key))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from None
+        return Record.from_json(raw) if raw is not None else Record("", "pending")
+
+    async def get(self, key: str) -> Record | None:
+        try:
+            raw = await self._store._redis.get(self._key(key))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from None
+        return Record.from_json(raw) if raw is not None else None
+
+    async def put(self, key: str, record: Record, ttl: float) -> None:
+        try:
+            await self._store._redis.set(self._key(key), record.to_json(), px=int(ttl * 1000))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from None
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._store._redis.delete(self._key(key))
+        except (RedisError, OSError) as exc:
+            raise self._store._unavailable(exc) from None

@@ -68,7 +68,7 @@ async def login(request: Request) -> JSONResponse:
 )
 async def whoami(request: Request) -> JSONResponse:
     try:
-        account, session = gateway(request).login.account_for(request_token(request))
+        account, session = await gateway(request).login.account_for(request_token(request))
     except NotLoggedIn:
         return ok({"auth": False, "username": None})
     return ok(_who(account.name, session))
@@ -82,7 +82,7 @@ async def whoami(request: Request) -> JSONResponse:
     responses=schemas.example({"auth": False, "username": None}),
 )
 async def logout(request: Request) -> JSONResponse:
-    gateway(request).login.logout(request_token(request))
+    await gateway(request).login.logout(request_token(request))
     response = ok({"auth": False, "username": None})
     response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
     return response

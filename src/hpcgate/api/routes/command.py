@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields, text_field
-from hpcgate.api.deps import Caller, caller, machine
+from hpcgate.api.deps import Caller, caller, machine, until_disconnected
 from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
 
@@ -33,5 +33,5 @@ MAX_COMMAND = 128 * 1024
 async def run_command(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
     target = machine(request, name)
     command_line = text_field(await read_fields(request), "command", max_length=MAX_COMMAND)
-    result = await target.run_command(who.account, command_line)
+    result = await until_disconnected(request, target.run_command(who.account, command_line))
     return ok(asdict(result))

@@ -14,6 +14,7 @@ from hpcgate.api.body import read_fields
 from hpcgate.api.deps import Caller, caller, gateway, machine
 from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
+from hpcgate.idempotency import fingerprint
 from hpcgate.jobspec import parse_jobid, parse_submission
 from hpcgate.schedulers.base import JobRecord
 from hpcgate.status.service import iso
@@ -59,16 +60,29 @@ def columns(rows: Iterable[JobRecord], spec: Columns) -> dict[str, dict[str, Any
     summary="Submit a batch job",
     description=(
         "Give `jobscript` (written to `jobfilepath`, default `~/newt/`) or `jobfile` (a "
-        "script already on the machine), and optionally `jobconf`."
+        "script already on the machine), and optionally `jobconf`. With an "
+        "`Idempotency-Key` header (e.g. a UUID), a retry with the same key and body returns "
+        "the first job's id and submits nothing; the same key with another body is a 409."
     ),
     openapi_extra=schemas.body(schemas.SubmitBody),
     responses=schemas.example(schemas.SUBMIT_EXAMPLE),
 )
 async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
     target = machine(request, name)
-    limits = gateway(request).config.limits
-    submission = parse_submission(await read_fields(request), max_script_bytes=limits.script_bytes)
-    jobid = await target.submit(who.account, submission)
+    gw = gateway(request)
+    fields = await read_fields(request)
+    submission = parse_submission(fields, max_script_bytes=gw.config.limits.script_bytes)
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        jobid = await target.submit(who.account, submission)
+    else:
+        jobid = await gw.submits.submit(
+            who.account.name,
+            target.name,
+            key,
+            fingerprint(target.name, fields),
+            lambda: target.submit(who.account, submission),
+        )
     return ok({"jobid": jobid})
 
 
@@ -110,7 +124,7 @@ async def queue(request: Request, name: str, who: Caller = Depends(caller)) -> J
 async def status(request: Request) -> JSONResponse:
     gw = gateway(request)
     if not gw.config.status.public:
-        caller(request)
+        await caller(request)
     return ok(await gw.status.cluster_status())
 
 
