@@ -50,6 +50,15 @@ class AuthConfig(_Section):
     failed_login_delay: float = Field(1.0, ge=0, le=30, description="seconds a failure waits")
     min_uid: int = Field(1000, ge=1, description="lowest uid that may use the gateway")
     cookie_secure: bool = Field(False, description="send the cookie over HTTPS only")
+    max_failures_per_user: int = Field(5, ge=1, description="failed logins before a lockout")
+    max_failures_per_address: int = Field(20, ge=1)
+    lockout_seconds: float = Field(300.0, ge=1, description="window and length of a lockout")
+
+
+class AuditConfig(_Section):
+    file: str = Field(
+        "", description="one JSON line per action: a path, '-' for stdout, '' for none"
+    )
 
 
 class LimitsConfig(_Section):
@@ -156,6 +165,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)

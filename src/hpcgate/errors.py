@@ -47,6 +47,12 @@ class Conflict(GatewayError):
     status_code = 409
 
 
+class TooManyRequests(GatewayError):
+    """Too many failed logins from this user or address for now (429)."""
+
+    status_code = 429
+
+
 class Unavailable(GatewayError):
     """The scheduler or the machine cannot be reached right now (503)."""
 

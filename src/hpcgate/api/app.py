@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 import hpcgate
 from hpcgate.api.envelope import failure
+from hpcgate.api.middleware import AuditLog, SecurityHeaders
 from hpcgate.api.routes import auth, command, jobs
 from hpcgate.config import Config
 from hpcgate.errors import GatewayError
@@ -58,6 +59,8 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.gateway = gw
+    app.add_middleware(AuditLog, target=config.audit.file)
+    app.add_middleware(SecurityHeaders, hsts=config.auth.cookie_secure)
     for module in (auth, command, jobs):
         app.include_router(module.router, prefix="/api")
 

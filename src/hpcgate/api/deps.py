@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.auth.sessions import Session
-from hpcgate.errors import GatewayError
+from hpcgate.errors import Forbidden, GatewayError
 from hpcgate.gateway import Gateway
 from hpcgate.machine import Machine
 
@@ -53,9 +54,35 @@ class Caller:
 
 
 async def caller(request: Request) -> Caller:
-    """The logged-in caller; 401 in the envelope when there is none."""
-    account, session = await gateway(request).login.account_for(request_token(request))
+    """The logged-in caller; 401 in the envelope when there is none.
+
+    A call that changes something on the strength of the session cookie alone must come
+    from the gateway's own origin: a browser sends ``Origin`` (or ``Referer``) on
+    cross-site requests, so another site cannot act with a user's cookie. Scripts using
+    a bearer token, and non-browser clients that send neither header, are unaffected.
+    """
+    token = request_token(request)
+    account, session = await gateway(request).login.account_for(token)
+    request.state.audit_user = account.name
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+    if request.method not in SAFE_METHODS and not bearer and not same_origin(request):
+        raise Forbidden(
+            "cross-site request refused: a call that changes something with the session "
+            "cookie must come from this gateway's own pages (or use a bearer token)"
+        )
     return Caller(account, session)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: Request) -> bool:
+    """False when the browser says the request came from another site."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source or source == "null":
+        return source is None  # an opaque "null" origin is cross-site
+    host = request.headers.get("host", "")
+    return urlsplit(source).netloc.lower() == host.lower()
 
 
 def machine(request: Request, name: str) -> Machine:

@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
+import time
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.auth.base import Authenticator
 from hpcgate.auth.sessions import Session, SessionStore
 from hpcgate.config import AuthConfig
-from hpcgate.errors import BadRequest, Forbidden, NotLoggedIn
+from hpcgate.errors import BadRequest, Forbidden, NotLoggedIn, TooManyRequests
 
 log = logging.getLogger(__name__)
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}$")
+
+
+class FailureThrottle:
+    """Counts failed logins per key (a user, an address) within a sliding window."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str) -> list[float]:
+        cutoff = time.monotonic() - self.window
+        recent = [t for t in self._failures.get(key, []) if t > cutoff]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
+        return recent
+
+    def retry_after(self, key: str, limit: int) -> float:
+        """Seconds until ``key`` may try again (0 when it may now)."""
+        recent = self._recent(key)
+        if len(recent) < limit:
+            return 0.0
+        return recent[-limit] + self.window - time.monotonic()
+
+    def fail(self, key: str) -> None:
+        self._recent(key)
+        self._failures.setdefault(key, []).append(time.monotonic())
+
+    def reset(self, key: str) -> None:
+        self._failures.pop(key, None)
 
 
 class LoginService:
@@ -28,6 +61,7 @@ class LoginService:
         self.sessions = sessions
         self.config = config
         self.service_uid = os.geteuid()
+        self.throttle = FailureThrottle(config.lockout_seconds)
 
     def _admit(self, account: UnixAccount) -> None:
         if account.uid == 0:
@@ -49,11 +83,25 @@ class LoginService:
             raise BadRequest("give username and password")
         if not _USERNAME.match(username) or len(password) > 4096:
             raise BadRequest("username or password is malformed")
+        limits = (
+            (f"user:{username}", self.config.max_failures_per_user, f"for {username}"),
+            (f"address:{client}", self.config.max_failures_per_address, f"from {client}"),
+        )
+        for key, limit, who in limits:
+            wait = self.throttle.retry_after(key, limit)
+            if wait > 0:
+                log.warning("login for %r from %s refused: locked out", username, client)
+                raise TooManyRequests(
+                    f"too many failed logins {who}; try again in {math.ceil(wait)} s"
+                )
         unix_name = await self.authenticator.authenticate(username, password)
         if unix_name is None:
+            for key, _, _ in limits:
+                self.throttle.fail(key)
             log.warning("failed login for %r from %s", username, client)
             await asyncio.sleep(self.config.failed_login_delay)
             raise NotLoggedIn("wrong username or password")
+        self.throttle.reset(f"user:{username}")
         account = UnixAccount.lookup(unix_name)
         try:
             self._admit(account)

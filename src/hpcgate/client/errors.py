@@ -14,6 +14,7 @@ from hpcgate.errors import (
     NotFound,
     NotLoggedIn,
     TimedOut,
+    TooManyRequests,
     Unavailable,
 )
 
@@ -38,6 +39,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    429: TooManyRequests,
     503: Unavailable,
     504: TimedOut,
 }
@@ -63,6 +65,7 @@ __all__ = [
     "NotLoggedIn",
     "ServerError",
     "TimedOut",
+    "TooManyRequests",
     "Unavailable",
     "WaitTimedOut",
     "error_for",

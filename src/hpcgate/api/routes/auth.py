@@ -43,6 +43,7 @@ def _who(username: str, session: Session) -> dict[str, object]:
 async def login(request: Request) -> JSONResponse:
     fields = await read_fields(request)
     username = text_field(fields, "username", max_length=256)
+    request.state.audit_user = username
     password = text_field(fields, "password", max_length=4096)
     gw = gateway(request)
     token, session, account = await gw.login.login(username, password, client_address(request))

@@ -83,6 +83,7 @@ async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> 
             fingerprint(target.name, fields),
             lambda: target.submit(who.account, submission),
         )
+    request.state.audit_jobid = jobid
     return ok({"jobid": jobid})
 
 
@@ -154,6 +155,7 @@ async def job(
 async def kill(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
     target = machine(request, name)
     jobid = parse_jobid((await read_fields(request)).get("jobid"))
+    request.state.audit_jobid = jobid
     await target.cancel(who.account, jobid)
     return ok("")
 
