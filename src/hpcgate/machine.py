@@ -180,19 +180,19 @@ class Machine:
     async def job(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
         """One of the user's jobs: its row, then one row per step."""
         live, history = await asyncio.gather(
-            self._live(account, jobid), self._history_or_empty(account, jobid)
+            self._live(account, jobid),
+            self._history(account, jobid),
+            return_exceptions=True,
         )
+        if isinstance(live, BaseException):
+            raise live
+        if isinstance(history, BaseException):
+            if live is None or not isinstance(history, GatewayError):
+                raise history  # accounting down and the controller forgot it: no answer
+            history = []  # accounting down: the controller's view alone answers
         rows = self.scheduler.merge_job_views(jobid, live, history)
         self._check_owner(account, jobid, rows)
         return rows
-
-    async def _history_or_empty(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
-        try:
-            return await self._history(account, jobid)
-        except GatewayError:
-            # Accounting down or slow: the controller's view alone still answers for a
-            # job it knows; job() raises NotFound below if it knows neither.
-            return []
 
     async def cancel(self, account: UnixAccount, jobid: str) -> None:
         """Kill one of the user's jobs that is still queued or running."""

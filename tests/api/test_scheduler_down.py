@@ -49,3 +49,26 @@ def test_scheduler_down_is_503_within_the_timeout(
 def test_the_gateway_recovers_when_the_scheduler_returns(alice: httpx.Client) -> None:
     # runs after the test above restarted slurmctld: no gateway restart is needed
     assert "status" in ok_output(alice.get("/job/ln3"))
+
+
+@pytest.fixture
+def accounting_stopped(cluster: None) -> Iterator[None]:
+    subprocess.run([str(REPO / "scripts" / "cluster"), "stop-dbd"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([str(REPO / "scripts" / "cluster"), "start-dbd"], check=True)
+
+
+def test_accounting_down_falls_back_to_the_live_view_or_says_so(
+    alice: httpx.Client, accounting_stopped: None
+) -> None:
+    jobid = ok_output(alice.post("/job/ln3", data={"jobscript": "#!/bin/bash\nsleep 60\n"}))[
+        "jobid"
+    ]
+    rows = ok_output(alice.get(f"/job/ln3/{jobid}"))
+    assert rows["status"][jobid] in ("Pending", "Running"), "the controller knows it"
+    # a job the controller does not know: only accounting could tell, and it is down, so
+    # the answer is "cannot tell" (503), never a possibly wrong "no such job" (404)
+    assert "cannot be reached" in error_of(alice.get("/job/ln3/987654321"), 503)
+    ok_output(alice.delete(f"/job/ln3/{jobid}"))
