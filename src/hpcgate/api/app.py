@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 import hpcgate
 from hpcgate.api.envelope import failure
@@ -74,7 +76,11 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
             404: f"no such route: {request.method} {request.url.path}; see /api/docs",
             405: f"{request.method} is not allowed on {request.url.path}; see /api/docs",
         }
-        return failure(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+        response = failure(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: list every method the path accepts
+            response.headers["Allow"] = ", ".join(allowed_methods(app, request))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,3 +97,13 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
         )
 
     return app
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and isinstance(route, APIRoute):
+            methods |= route.methods or set()
+    return sorted(methods)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Path
 from pydantic import BaseModel, Field
 
 
@@ -17,8 +18,13 @@ class Envelope(BaseModel):
 
 
 class LoginBody(BaseModel):
-    username: str = Field(examples=["alice"])
-    password: str = Field(examples=["wonderland"])
+    username: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$",
+        examples=["alice"],
+    )
+    password: str = Field(min_length=1, max_length=4096, examples=["wonderland"])
 
 
 class CommandBody(BaseModel):
@@ -54,22 +60,47 @@ class SubmitBody(BaseModel):
 
 
 class KillBody(BaseModel):
-    jobid: str = Field(examples=["4816214"])
+    jobid: str = Field(pattern=r"^[0-9]{1,12}(_[0-9]{1,9})?$", examples=["4816214"])
+
+
+def _inline(node: Any, definitions: dict[str, Any]) -> Any:
+    """Replace local ``$ref``s by the definitions they name (our models are not recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {key: _inline(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, definitions) for item in node]
+    return node
 
 
 def body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     """``openapi_extra`` documenting a body accepted as JSON or as a form."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)
+    schema = model.model_json_schema()
+    schema = _inline(schema, schema.pop("$defs", {}))
     return {
         "requestBody": {
             "required": required,
             "content": {
                 "application/json": {"schema": schema},
-                "application/x-www-form-urlencoded": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": _form(schema)},
             },
         }
     }
+
+
+def _form(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form has no null: optional fields are simply left out. An object-valued field
+    (``jobconf``) travels as a JSON string."""
+    properties = {}
+    for name, field in schema.get("properties", {}).items():
+        options = [
+            o for o in field.get("anyOf", [field]) if o.get("type") not in ("null", "object")
+        ]
+        plain = options[0] if len(options) == 1 else {"anyOf": options}
+        properties[name] = {k: v for k, v in field.items() if k not in ("anyOf", "default")} | plain
+    return schema | {"properties": properties}
 
 
 def example(output: Any, description: str = "Success") -> dict[int | str, dict[str, Any]]:
@@ -146,3 +177,6 @@ LOGIN_EXAMPLE = {
     "expires": "2026-11-27T12:00:00Z",
     "token": "<random token: send as Authorization: Bearer ...>",
 }
+
+MACHINE: Any = Path(description="a configured machine", examples=["ln3"])
+JOBID: Any = Path(description="a job id", examples=["4816214"])

@@ -12,6 +12,7 @@ from hpcgate.api.body import read_fields, text_field
 from hpcgate.api.deps import Caller, caller, machine, until_disconnected
 from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
+from hpcgate.api.schemas import MACHINE
 
 router = APIRouter(tags=["command"])
 
@@ -30,7 +31,9 @@ MAX_COMMAND = 128 * 1024
     openapi_extra=schemas.body(schemas.CommandBody),
     responses=schemas.example(schemas.COMMAND_EXAMPLE),
 )
-async def run_command(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+async def run_command(
+    request: Request, name: str = MACHINE, who: Caller = Depends(caller)
+) -> JSONResponse:
     target = machine(request, name)
     command_line = text_field(await read_fields(request), "command", max_length=MAX_COMMAND)
     result = await until_disconnected(request, target.run_command(who.account, command_line))

@@ -14,6 +14,7 @@ from hpcgate.api.body import read_fields
 from hpcgate.api.deps import Caller, caller, gateway, machine
 from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
+from hpcgate.api.schemas import JOBID, MACHINE
 from hpcgate.idempotency import fingerprint
 from hpcgate.jobspec import parse_jobid, parse_submission
 from hpcgate.schedulers.base import JobRecord
@@ -67,7 +68,9 @@ def columns(rows: Iterable[JobRecord], spec: Columns) -> dict[str, dict[str, Any
     openapi_extra=schemas.body(schemas.SubmitBody),
     responses=schemas.example(schemas.SUBMIT_EXAMPLE),
 )
-async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+async def submit(
+    request: Request, name: str = MACHINE, who: Caller = Depends(caller)
+) -> JSONResponse:
     target = machine(request, name)
     gw = gateway(request)
     fields = await read_fields(request)
@@ -99,7 +102,9 @@ async def submit(request: Request, name: str, who: Caller = Depends(caller)) -> 
     ),
     responses=schemas.example(schemas.QUEUE_EXAMPLE),
 )
-async def queue(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+async def queue(
+    request: Request, name: str = MACHINE, who: Caller = Depends(caller)
+) -> JSONResponse:
     target = machine(request, name)
     listing = await target.queue(who.account)
     response = ok(columns(listing.jobs, QUEUE_COLUMNS))
@@ -137,7 +142,7 @@ async def status(request: Request) -> JSONResponse:
     responses=schemas.example(schemas.JOB_EXAMPLE),
 )
 async def job(
-    request: Request, name: str, jobid: str, who: Caller = Depends(caller)
+    request: Request, name: str = MACHINE, jobid: str = JOBID, who: Caller = Depends(caller)
 ) -> JSONResponse:
     target = machine(request, name)
     return ok(columns(await target.job(who.account, parse_jobid(jobid)), JOB_COLUMNS))
@@ -152,7 +157,9 @@ async def job(
     openapi_extra=schemas.body(schemas.KillBody),
     responses=schemas.example(""),
 )
-async def kill(request: Request, name: str, who: Caller = Depends(caller)) -> JSONResponse:
+async def kill(
+    request: Request, name: str = MACHINE, who: Caller = Depends(caller)
+) -> JSONResponse:
     target = machine(request, name)
     jobid = parse_jobid((await read_fields(request)).get("jobid"))
     request.state.audit_jobid = jobid
@@ -168,7 +175,7 @@ async def kill(request: Request, name: str, who: Caller = Depends(caller)) -> JS
     responses=schemas.example(""),
 )
 async def kill_by_path(
-    request: Request, name: str, jobid: str, who: Caller = Depends(caller)
+    request: Request, name: str = MACHINE, jobid: str = JOBID, who: Caller = Depends(caller)
 ) -> JSONResponse:
     target = machine(request, name)
     await target.cancel(who.account, parse_jobid(jobid))
