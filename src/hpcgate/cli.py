@@ -66,7 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
         # CPython's loop, not uvloop: only it switches uid, gid and groups in the child
         # (subprocess user=/group=/extra_groups=), which the local runner relies on.
         loop="asyncio",
-        proxy_headers=False,
+        ssl_certfile=str(config.server.tls_certfile) if config.server.tls_certfile else None,
+        ssl_keyfile=str(config.server.tls_keyfile) if config.server.tls_keyfile else None,
+        # client addresses (audit log, lockouts) come from a proxy only if it is trusted
+        proxy_headers=bool(config.server.forwarded_allow_ips),
+        forwarded_allow_ips=config.server.forwarded_allow_ips or None,
     )
     return 0
 

@@ -40,6 +40,11 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tls_certfile: Path | None = Field(None, description="serve HTTPS with this certificate")
+    tls_keyfile: Path | None = Field(None, description="and this private key")
+    forwarded_allow_ips: str = Field(
+        "", description="proxies trusted for X-Forwarded-For/-Proto, e.g. '127.0.0.1'"
+    )
 
 
 class AuthConfig(_Section):
@@ -230,6 +235,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration ({path or 'defaults'}): {problems}") from exc
+    if (config.server.tls_certfile is None) != (config.server.tls_keyfile is None):
+        raise ConfigError("server.tls_certfile and server.tls_keyfile go together")
     if config.auth.backend == "users_file" and config.auth.users_file is None:
         raise ConfigError("auth.backend = 'users_file' needs auth.users_file = '<path>'")
     if path:

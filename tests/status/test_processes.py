@@ -182,3 +182,15 @@ def test_an_idempotency_key_holds_across_gateways(deployment: Deployment) -> Non
             jobids.append(ok_output(answer)["jobid"])
     assert jobids[0] == jobids[1], "the second gateway found the first one's record in Redis"
     cancel(*jobids[:1])
+
+
+def test_a_login_works_on_every_gateway_and_a_logout_ends_it_everywhere(
+    deployment: Deployment,
+) -> None:
+    first, second = deployment.servers
+    with closing(first.login("alice")) as alice:
+        token = alice.headers["Authorization"]
+        with second.client(headers={"Authorization": token}) as elsewhere:
+            assert ok_output(elsewhere.get("/auth"))["username"] == "alice"
+            ok_output(elsewhere.delete("/auth"))
+        error_of(alice.get("/job/ln3"), 401)
