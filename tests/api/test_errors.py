@@ -136,4 +136,6 @@ def test_an_unsupported_body_type_is_400(alice: httpx.Client) -> None:
 
 def test_unknown_routes_and_methods_answer_in_the_envelope(anonymous: httpx.Client) -> None:
     assert "no such route" in error_of(anonymous.get("/nothing/here"), 404)
-    assert "not allowed" in error_of(anonymous.put("/job/ln3"), 405)
+    not_allowed = anonymous.put("/job/ln3")
+    assert "not allowed" in error_of(not_allowed, 405)
+    assert not_allowed.headers["Allow"] == "DELETE, GET, POST", "RFC 9110: every method listed"

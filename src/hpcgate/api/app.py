@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -100,10 +99,10 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
 
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """The methods of every route whose path matches the request's."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE and isinstance(route, APIRoute):
-            methods |= route.methods or set()
-    return sorted(methods)
+    """The methods the request's path accepts: those for which some route fully matches."""
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed

@@ -48,7 +48,26 @@ class _WaitPolicy:
         return pause
 
 
-class Client:
+class _TokenHolder:
+    """The bearer token both clients send, kept in their httpx client's headers."""
+
+    _http: httpx.Client | httpx.AsyncClient
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token of the current login, for storing and reusing."""
+        header = self._http.headers.get("Authorization", "")
+        return header.removeprefix("Bearer ") or None
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self._http.headers.pop("Authorization", None)
+
+
+class Client(_TokenHolder):
     """A blocking client of an hpcgate gateway.
 
     >>> with Client("https://gateway.example.org") as gw:  # doctest: +SKIP
@@ -61,6 +80,8 @@ class Client:
     submits: each carries an ``Idempotency-Key``, so the gateway submits it at most once.
     Kills are never retried.
     """
+
+    _http: httpx.Client
 
     def __init__(
         self,
@@ -78,19 +99,6 @@ class Client:
         )
         if token:
             self.token = token
-
-    @property
-    def token(self) -> str | None:
-        """The bearer token of the current login, for storing and reusing."""
-        header = self._http.headers.get("Authorization", "")
-        return header.removeprefix("Bearer ") or None
-
-    @token.setter
-    def token(self, token: str | None) -> None:
-        if token:
-            self._http.headers["Authorization"] = f"Bearer {token}"
-        else:
-            self._http.headers.pop("Authorization", None)
 
     def _send(self, call: calls.Call[T]) -> T:
         attempt = 0
@@ -191,8 +199,10 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_TokenHolder):
     """The same API as :class:`Client`, for asyncio code (``await gw.submit(...)``)."""
+
+    _http: httpx.AsyncClient
 
     def __init__(
         self,
@@ -210,18 +220,6 @@ class AsyncClient:
         )
         if token:
             self.token = token
-
-    @property
-    def token(self) -> str | None:
-        header = self._http.headers.get("Authorization", "")
-        return header.removeprefix("Bearer ") or None
-
-    @token.setter
-    def token(self, token: str | None) -> None:
-        if token:
-            self._http.headers["Authorization"] = f"Bearer {token}"
-        else:
-            self._http.headers.pop("Authorization", None)
 
     async def _send(self, call: calls.Call[T]) -> T:
         attempt = 0

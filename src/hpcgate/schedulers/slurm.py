@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
 from hpcgate.errors import BadRequest, Forbidden, GatewayError, NotFound, Unavailable
@@ -62,6 +62,17 @@ _SUBMITTED = re.compile(r"^\s*(\d+)(?:;\S*)?\s*$", re.M)
 def _message(result: Completed) -> str:
     text = " ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
     return text or f"{result.argv[0]} exited with status {result.returncode}"
+
+
+def _rows(result: Completed, width: int) -> Iterator[list[str]]:
+    """The delimited rows of a listing, cells stripped; unreadable lines are skipped."""
+    for line in result.stdout.splitlines():
+        cells = line.split(SEP)
+        if len(cells) < width:
+            if line.strip():
+                log.warning("skipping an unreadable %s line: %r", result.argv[0], line[:200])
+            continue
+        yield [cell.strip() for cell in cells[:width]]
 
 
 def _int(text: str) -> int:
@@ -187,15 +198,8 @@ class Slurm(Scheduler):
                 return []
             raise self.error_for(result)
         records = []
-        for line in result.stdout.splitlines():
-            cells = line.split(SEP)
-            if len(cells) < len(_QUEUE_FIELDS):
-                if line.strip():
-                    log.warning("skipping an unreadable squeue line: %r", line[:200])
-                continue
-            jobid, name, user, state, partition, used, nodes, tasks, reason, status = (
-                cell.strip() for cell in cells[: len(_QUEUE_FIELDS)]
-            )
+        for cells in _rows(result, len(_QUEUE_FIELDS)):
+            jobid, name, user, state, partition, used, nodes, tasks, reason, status = cells
             records.append(
                 JobRecord(
                     id=jobid,
@@ -229,15 +233,8 @@ class Slurm(Scheduler):
         if not result.ok:
             raise self.error_for(result)
         records = []
-        for line in result.stdout.splitlines():
-            cells = line.split(SEP)
-            if len(cells) < len(_HISTORY_FIELDS):
-                if line.strip():
-                    log.warning("skipping an unreadable sacct line: %r", line[:200])
-                continue
-            jobid, name, user, state, partition, elapsed, nodes, tasks, nodelist, code = (
-                cell.strip() for cell in cells[: len(_HISTORY_FIELDS)]
-            )
+        for cells in _rows(result, len(_HISTORY_FIELDS)):
+            jobid, name, user, state, partition, elapsed, nodes, tasks, nodelist, code = cells
             records.append(
                 JobRecord(
                     id=jobid,
