@@ -231,3 +231,37 @@ def test_nobody_listening_is_a_clear_error(alice: UnixAccount, nodes: LoginNodes
     runner = SshRunner("lonely", [LoginHost("127.0.0.1", free_port())], pool)
     with pytest.raises(Unavailable, match=r"no login node of lonely can be used: .*cannot connect"):
         run(runner.run(alice, ["true"], limits=LIMITS))
+
+
+def test_idle_connections_are_closed(nodes: LoginNodes, alice: UnixAccount) -> None:
+    runner = make_runner(nodes, idle_timeout=0.4)
+
+    async def body() -> None:
+        await runner.run(alice, ["true"], limits=LIMITS)
+        (pooled,) = runner.pool._pooled.values()
+        await asyncio.sleep(1.5)  # the reaper looks every idle_timeout / 2
+        assert len(runner.pool) == 0 and pooled.connection.is_closed()
+        assert (await runner.run(alice, ["echo", "reopened"], limits=LIMITS)).stdout == "reopened\n"
+        await runner.pool.close()
+
+    run(body())
+
+
+def test_the_connection_cap_evicts_idle_connections_and_refuses_when_all_are_busy(
+    nodes: LoginNodes,
+) -> None:
+    runner = make_runner(nodes, max_connections=1)
+    alice, bob = UnixAccount.lookup("alice"), UnixAccount.lookup("bob")
+
+    async def body() -> None:
+        await runner.run(alice, ["true"], limits=LIMITS)
+        await runner.run(bob, ["true"], limits=LIMITS)  # alice's idle connection makes room
+        assert len(runner.pool) == 1
+        busy = asyncio.create_task(runner.run(bob, ["sleep", "2"], limits=LIMITS))
+        await asyncio.sleep(0.5)
+        with pytest.raises(Unavailable, match="all busy"):
+            await runner.run(alice, ["true"], limits=LIMITS)
+        assert (await busy).returncode == 0
+        await runner.pool.close()
+
+    run(body())

@@ -385,8 +385,14 @@ class SshRunner(Runner):
             asyncio.ensure_future(drain(process.stdout, out)),
             asyncio.ensure_future(drain(process.stderr, err)),
         ]
+
+        async def pump() -> None:
+            # awaited inside a coroutine, not handed to wait_for bare: a cancelled bare
+            # gather keeps its CancelledError unretrieved and asyncio logs it
+            await asyncio.gather(*tasks)
+
         try:
-            await asyncio.wait_for(asyncio.gather(*tasks), timeout=limits.timeout)
+            await asyncio.wait_for(pump(), timeout=limits.timeout)
             completed = await asyncio.wait_for(process.wait(), timeout=limits.timeout)
         except TimeoutError:
             await self._kill(connection, process, err, tasks)
