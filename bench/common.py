@@ -121,18 +121,26 @@ class RawConnection:
 
     async def get(self, path: str) -> int:
         """GET ``path``; returns the HTTP status (the body is read and dropped)."""
+        return (await self.request("GET", path))[0]
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = ""
+    ) -> tuple[int, bytes]:
+        """One request on the kept-alive connection; returns the status and the body."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}\r\n".encode())
+        head_lines = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
+        if body or method == "POST":
+            head_lines += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head_lines.encode() + b"\r\n" + body)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = re.search(rb"(?i)content-length:\s*(\d+)", head)
         if length is None:
             raise RuntimeError("response without Content-Length")
-        await self.reader.readexactly(int(length.group(1)))
-        return status
+        return status, await self.reader.readexactly(int(length.group(1)))
 
     async def close(self) -> None:
         if self.writer is not None:

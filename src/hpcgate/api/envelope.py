@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi.responses import JSONResponse
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON serialised by orjson: several times faster for the column-oriented listings."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def ok(output: Any = "") -> JSONResponse:
     """A successful call: HTTP 200 with ``output``."""
-    return JSONResponse({"status": "OK", "output": output, "status_code": 200, "error": ""})
+    return FastJSONResponse({"status": "OK", "output": output, "status_code": 200, "error": ""})
 
 
 def failure(status_code: int, message: str) -> JSONResponse:

@@ -54,7 +54,7 @@ class QueueCache:
             return None
         if wrote >= taken:
             return None  # the snapshot may predate the user's own submit or kill
-        return Listing([job for job in snapshot.jobs if job.user == user], taken)
+        return Listing(list(snapshot.jobs_by_user.get(user, ())), taken)
 
     async def note_write(self, user: str) -> None:
         """The user just changed their queue: their next listing must see it."""

@@ -28,6 +28,7 @@ class RedisStore(StatusStore):
     def __init__(self, url: str, *, prefix: str = "hpcgate:", timeout: float = 2.0) -> None:
         self.url = url
         self.prefix = prefix
+        self._parse_cache: dict[str, tuple[bytes | str, Snapshot]] = {}
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -61,10 +62,19 @@ class RedisStore(StatusStore):
             raws = await self._redis.mget([self._snapshot_key(name) for name in names])
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
-        return {
-            name: Snapshot.from_json(raw) if raw is not None else None
-            for name, raw in zip(names, raws, strict=True)
-        }
+        return {name: self._parsed(name, raw) for name, raw in zip(names, raws, strict=True)}
+
+    def _parsed(self, machine: str, raw: bytes | str | None) -> Snapshot | None:
+        """Parse a snapshot once: while its bytes are unchanged, reuse the object (and so
+        its counts and per-user index)."""
+        if raw is None:
+            return None
+        cached = self._parse_cache.get(machine)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        snapshot = Snapshot.from_json(raw)
+        self._parse_cache[machine] = (raw, snapshot)
+        return snapshot
 
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
         try:

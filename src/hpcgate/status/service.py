@@ -6,7 +6,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from hpcgate.config import StatusConfig
+from hpcgate.status.snapshot import Snapshot
 from hpcgate.status.store import StatusStore
 
 
@@ -21,10 +24,32 @@ class StatusService:
         self.store = store
         self.machines = machines
         self.config = config
+        self._answer: tuple[tuple[Any, ...], bytes] | None = None
 
-    async def cluster_status(self) -> dict[str, dict[str, Any]]:
+    async def envelope_bytes(self) -> bytes:
+        """The whole ``GET /api/job`` answer, serialised once per change of any snapshot
+        (or of a machine's staleness) and reused by every request in between."""
         snapshots = await self.store.get_many(self.machines)
         now = time.time()
+        key = tuple(
+            (s.taken, now - s.taken > self.config.stale_after) if s else None
+            for s in (snapshots[name] for name in self.machines)
+        )
+        if self._answer is None or self._answer[0] != key:
+            output = self._build(snapshots, now)
+            self._answer = (
+                key,
+                orjson.dumps({"status": "OK", "output": output, "status_code": 200, "error": ""}),
+            )
+        return self._answer[1]
+
+    async def cluster_status(self) -> dict[str, dict[str, Any]]:
+        """The spec's status shape, as a dict."""
+        return self._build(await self.store.get_many(self.machines), time.time())
+
+    def _build(
+        self, snapshots: dict[str, Snapshot | None], now: float
+    ) -> dict[str, dict[str, Any]]:
         status: dict[str, dict[str, Any]] = {}
         for name in self.machines:
             snapshot = snapshots[name]

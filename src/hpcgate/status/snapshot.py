@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from hpcgate.schedulers.base import JobRecord
@@ -33,15 +34,27 @@ class Snapshot:
     def health(self) -> float:
         return round(sum(self.probes) / len(self.probes), 3) if self.probes else 0.0
 
-    def queue_counts(self) -> dict[str, int]:
-        """Jobs by short state code, e.g. ``{"PD": 1, "R": 1111}``."""
+    @cached_property
+    def _counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for job in self.jobs:
             counts[job.short_state] = counts.get(job.short_state, 0) + 1
         return counts
 
+    def queue_counts(self) -> dict[str, int]:
+        """Jobs by short state code, e.g. ``{"PD": 1, "R": 1111}`` (counted once)."""
+        return dict(self._counts)
+
+    @cached_property
+    def jobs_by_user(self) -> dict[str, list[JobRecord]]:
+        """Each user's jobs, indexed once per snapshot for the queue views."""
+        index: dict[str, list[JobRecord]] = {}
+        for job in self.jobs:
+            index.setdefault(job.user, []).append(job)
+        return index
+
     def to_json(self) -> bytes:
-        data = asdict(self)
+        data = {name: value for name, value in asdict(self).items() if not name.startswith("_")}
         data["probes"] = [int(ok) for ok in self.probes]
         return json.dumps(data, separators=(",", ":")).encode()
 

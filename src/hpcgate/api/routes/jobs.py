@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields
@@ -127,11 +127,11 @@ async def queue(
     ),
     responses=schemas.example(schemas.STATUS_EXAMPLE),
 )
-async def status(request: Request) -> JSONResponse:
+async def status(request: Request) -> Response:
     gw = gateway(request)
     if not gw.config.status.public:
         await caller(request)
-    return ok(await gw.status.cluster_status())
+    return Response(await gw.status.envelope_bytes(), media_type="application/json")
 
 
 @route(
