@@ -76,6 +76,8 @@ class Runner(ABC):
         with the operating system's reason.
         """
         parent = posixpath.dirname(path)
+        # Always ask as the user, even when the directory exists: a check made by the
+        # service (root) would reveal which hidden paths exist through the error text.
         made = await self.run(account, ["mkdir", "-p", "--", parent], limits=limits)
         if made.ok:
             # dd reads the inherited pipe on fd 0 (a setuid child may not reopen it as
