@@ -6,16 +6,14 @@ import asyncio
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tests.conftest import PASSWORDS, Server, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
-PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 
 
 def slurmctld_rpcs(reset: bool = False) -> int:
@@ -47,46 +45,28 @@ class Samples:
 
 
 class Gateway:
-    """A real ``hpcgate serve`` on a free port with the given config; a context manager."""
+    """A real ``hpcgate serve`` on a free port with the given config; a context manager.
+
+    Started and stopped exactly as the test suite does it (``tests.conftest``).
+    """
 
     def __init__(self, config_text: str) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="hpcgate-bench-"))
         self.config_text = config_text
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.process if self.server else None
 
     def __enter__(self) -> Gateway:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        config = self.workdir / "bench.toml"
-        config.write_text(self.config_text)
-        log = (self.workdir / "gateway.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpcgate",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/auth", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the gateway did not start; see {self.workdir}/gateway.log")
+        self.server = start_server(self.config_text, self.workdir)
+        return self
 
     def token(self, user: str) -> str:
         answer = httpx.post(
@@ -97,9 +77,8 @@ class Gateway:
         return token
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        if self.server is not None:
+            stop_server(self.server)
 
 
 def ensure_cluster() -> None:
