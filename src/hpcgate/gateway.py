@@ -7,8 +7,7 @@ import os
 import pwd
 
 from hpcgate.accounts import UnixAccount
-from hpcgate.auth import LoginService, SessionStore, build_authenticator
-from hpcgate.auth.sessions import RedisSessionStore
+from hpcgate.auth import LoginService, MemorySessionStore, SessionStore, build_authenticator
 from hpcgate.config import Config
 from hpcgate.errors import NotFound
 from hpcgate.idempotency import (
@@ -96,8 +95,8 @@ def build_idempotency_store(store: StatusStore) -> IdempotencyStore:
 
 def build_session_store(store: StatusStore) -> SessionStore:
     """Sessions beside the status store: shared by every process when it is Redis."""
-    from hpcgate.status.redis_store import RedisStore
+    from hpcgate.status.redis_store import RedisSessionStore, RedisStore
 
     if isinstance(store, RedisStore):
         return RedisSessionStore(store)
-    return SessionStore()
+    return MemorySessionStore()

@@ -125,10 +125,13 @@ class IdempotentSubmits:
     async def _first(self, slot: str, digest: str, submit: Callable[[], Awaitable[str]]) -> str:
         try:
             jobid = await submit()
-        except BadRequest:
-            await self.store.delete(slot)  # refused outright: nothing exists, a retry may run
+        except GatewayError as exc:
+            if exc.status_code < 500:  # refused outright (4xx): nothing exists, a retry may run
+                await self.store.delete(slot)
+            else:  # unreachable or timed out: the job may exist
+                await self.store.put(slot, Record(digest, UNKNOWN), self.ttl)
             raise
-        except (GatewayError, asyncio.CancelledError, Exception):
+        except BaseException:  # cancelled, or a bug: the job may exist all the same
             await self.store.put(slot, Record(digest, UNKNOWN), self.ttl)
             raise
         await self.store.put(slot, Record(digest, DONE, jobid), self.ttl)

@@ -103,3 +103,16 @@ def test_keys_belong_to_their_user(local_server: Server, alice: httpx.Client) ->
 def test_a_malformed_key_is_400(alice: httpx.Client) -> None:
     answer = alice.post("/job/ln3", data=body("x"), headers={"Idempotency-Key": "k" * 300})
     assert "Idempotency-Key" in error_of(answer, 400)
+
+
+def test_any_refusal_before_submitting_frees_its_key(alice: httpx.Client) -> None:
+    key, name = str(uuid.uuid4()), f"after403-{uuid.uuid4().hex[:8]}"
+    refused = alice.post(
+        "/job/ln3",
+        data={"jobscript": "#!/bin/sh\n", "jobfilepath": "/root/not-yours.sh"},
+        headers={"Idempotency-Key": key},
+    )
+    error_of(refused, 403)
+    fixed = ok_output(alice.post("/job/ln3", data=body(name), headers={"Idempotency-Key": key}))
+    assert jobs_named(name) == [fixed["jobid"]]
+    subprocess.run(["scancel", fixed["jobid"]], check=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcgate.auth.login import LoginService
-from hpcgate.auth.sessions import SessionStore
+from hpcgate.auth.login import FailureThrottle, LoginService
+from hpcgate.auth.sessions import MemorySessionStore
 from hpcgate.auth.users_file import UsersFileAuthenticator, hash_password
 from hpcgate.config import AuthConfig
 from hpcgate.errors import BadRequest, Forbidden, NotLoggedIn
@@ -26,7 +26,7 @@ def service(tmp_path: Path, cluster: None) -> LoginService:
         )
     )
     config = AuthConfig(backend="users_file", users_file=path, failed_login_delay=0)
-    return LoginService(UsersFileAuthenticator(path), SessionStore(), config)
+    return LoginService(UsersFileAuthenticator(path), MemorySessionStore(), config)
 
 
 def test_root_can_never_log_in(service: LoginService) -> None:
@@ -62,3 +62,14 @@ def test_failures_are_slowed_down(service: LoginService) -> None:
 def test_malformed_credentials(service: LoginService, username: str, password: str) -> None:
     with pytest.raises(BadRequest):
         asyncio.run(service.login(username, password, "127.0.0.1"))
+
+
+def test_the_failure_throttle_forgets_keys_it_no_longer_needs() -> None:
+    throttle = FailureThrottle(window=0.05)
+    throttle.MAX_KEYS = 3
+    for name in ("a", "b", "c"):
+        throttle.fail(f"user:{name}")
+    time.sleep(0.1)
+    throttle.fail("user:d")  # past MAX_KEYS: the expired keys are dropped
+    assert list(throttle._failures) == ["user:d"]
+    assert throttle.retry_after("user:d", limit=1) > 0

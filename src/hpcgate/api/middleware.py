@@ -68,17 +68,22 @@ class AuditLog:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        status = [500]
+        written = False
 
-        async def record_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
+        async def record_then_send(message: Message) -> None:
+            nonlocal written
+            if message["type"] == "http.response.start" and not written:
+                # written before the client can see the answer: an action the client
+                # learned about is always in the log
+                self._write(scope, message["status"], time.monotonic() - started)
+                written = True
             await send(message)
 
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, receive, record_then_send)
         finally:
-            self._write(scope, status[0], time.monotonic() - started)
+            if not written:  # no answer was started at all
+                self._write(scope, 500, time.monotonic() - started)
 
     def _write(self, scope: Scope, status: int, seconds: float) -> None:
         state: dict[str, Any] = scope.get("state", {})

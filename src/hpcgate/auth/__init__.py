@@ -2,7 +2,7 @@
 
 from hpcgate.auth.base import Authenticator
 from hpcgate.auth.login import LoginService
-from hpcgate.auth.sessions import Session, SessionStore
+from hpcgate.auth.sessions import MemorySessionStore, Session, SessionStore
 from hpcgate.config import AuthConfig
 
 
@@ -18,4 +18,11 @@ def build_authenticator(config: AuthConfig) -> Authenticator:
     return PamAuthenticator(config.pam_service)
 
 
-__all__ = ["Authenticator", "LoginService", "Session", "SessionStore", "build_authenticator"]
+__all__ = [
+    "Authenticator",
+    "LoginService",
+    "MemorySessionStore",
+    "Session",
+    "SessionStore",
+    "build_authenticator",
+]

@@ -23,6 +23,8 @@ _USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,255}$")
 class FailureThrottle:
     """Counts failed logins per key (a user, an address) within a sliding window."""
 
+    MAX_KEYS = 10_000
+
     def __init__(self, window: float) -> None:
         self.window = window
         self._failures: dict[str, list[float]] = {}
@@ -44,6 +46,9 @@ class FailureThrottle:
         return recent[-limit] + self.window - time.monotonic()
 
     def fail(self, key: str) -> None:
+        if len(self._failures) >= self.MAX_KEYS:  # keys sprayed once are never asked again
+            for stale in list(self._failures):
+                self._recent(stale)
         self._recent(key)
         self._failures.setdefault(key, []).append(time.monotonic())
 

@@ -95,20 +95,24 @@ def rows(columns: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{name: values.get(jobid) for name, values in columns.items()} for jobid in ids]
 
 
+def _job(row: dict[str, Any], jobid: str, steps: tuple[Step, ...] = ()) -> Job:
+    """A job from one row of a column-oriented listing (queue or per-job view)."""
+    return Job(
+        id=jobid,
+        name=row.get("name") or "",
+        state=row.get("status") or "",
+        partition=row.get("partition") or "",
+        nodes=int(row.get("nodes") or 0),
+        elapsed=row.get("time") or "",
+        user=row.get("user") or "",
+        nodelist=row.get("nodelist") or "",
+        exit_code=row.get("exitcode") or "",
+        steps=steps,
+    )
+
+
 def queue_from_columns(columns: dict[str, dict[str, Any]]) -> list[Job]:
-    return [
-        Job(
-            id=str(row["id"]),
-            name=row.get("name") or "",
-            state=row.get("status") or "",
-            partition=row.get("partition") or "",
-            nodes=int(row.get("nodes") or 0),
-            elapsed=row.get("time") or "",
-            user=row.get("user") or "",
-            nodelist=row.get("nodelist") or "",
-        )
-        for row in rows(columns)
-    ]
+    return [_job(row, str(row["id"])) for row in rows(columns)]
 
 
 def job_from_columns(jobid: str, columns: dict[str, dict[str, Any]]) -> Job:
@@ -132,18 +136,7 @@ def job_from_columns(jobid: str, columns: dict[str, dict[str, Any]]) -> Job:
                 nodelist=row.get("nodelist") or "",
             )
         )
-    return Job(
-        id=jobid,
-        name=job_row.get("name") or "",
-        state=job_row.get("status") or "",
-        partition=job_row.get("partition") or "",
-        nodes=int(job_row.get("nodes") or 0),
-        elapsed=job_row.get("time") or "",
-        user=job_row.get("user") or "",
-        nodelist=job_row.get("nodelist") or "",
-        exit_code=job_row.get("exitcode") or "",
-        steps=tuple(steps),
-    )
+    return _job(job_row, jobid, tuple(steps))
 
 
 def status_from_output(output: dict[str, dict[str, Any]]) -> list[MachineStatus]:

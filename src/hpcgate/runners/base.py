@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpcgate.accounts import UnixAccount
-from hpcgate.errors import BadRequest, Forbidden
+from hpcgate.errors import BadRequest, Forbidden, TimedOut
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,35 @@ class Completed:
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+
+class OutputTooLarge(Exception):
+    """An action printed more than its cap (raised while draining its output)."""
+
+
+class OutputBudget:
+    """What an action may still print, stdout and stderr together."""
+
+    def __init__(self, cap: int) -> None:
+        self.left = cap
+
+    def spend(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise OutputTooLarge
+
+
+def timed_out(argv: Sequence[str], limits: Limits) -> TimedOut:
+    """The error for an action killed at its time limit (every transport says the same)."""
+    return TimedOut(f"{argv[0]} did not finish within {limits.timeout:g} s and was killed")
+
+
+def output_too_large(argv: Sequence[str], limits: Limits) -> BadRequest:
+    """The error for an action killed at its output cap."""
+    return BadRequest(
+        f"{argv[0]} printed more than {limits.output_bytes} bytes and was killed; "
+        "redirect large output to a file"
+    )
 
 
 class Runner(ABC):

@@ -10,17 +10,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hpcgate.accounts import UnixAccount
-from hpcgate.errors import BadRequest, Forbidden, TimedOut
-from hpcgate.runners.base import Completed, Limits, Runner
+from hpcgate.errors import BadRequest, Forbidden
+from hpcgate.runners.base import (
+    Completed,
+    Limits,
+    OutputBudget,
+    OutputTooLarge,
+    Runner,
+    output_too_large,
+    timed_out,
+)
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class _OutputTooLarge(Exception):
-    pass
 
 
 class LocalRunner(Runner):
@@ -101,15 +105,10 @@ class LocalRunner(Runner):
             )
         except TimeoutError:
             await _kill_group(process)
-            raise TimedOut(
-                f"{argv[0]} did not finish within {limits.timeout:g} s and was killed"
-            ) from None
-        except _OutputTooLarge:
+            raise timed_out(argv, limits) from None
+        except OutputTooLarge:
             await _kill_group(process)
-            raise BadRequest(
-                f"{argv[0]} printed more than {limits.output_bytes} bytes and was killed; "
-                "redirect large output to a file"
-            ) from None
+            raise output_too_large(argv, limits) from None
         except BaseException:  # cancelled (client gone) or anything else: leave no orphans
             await _kill_group(process)
             raise
@@ -124,14 +123,12 @@ class LocalRunner(Runner):
 async def _communicate(
     process: asyncio.subprocess.Process, stdin: bytes | None, cap: int
 ) -> tuple[bytes, bytes]:
-    budget = [cap]
+    budget = OutputBudget(cap)
 
     async def drain(stream: asyncio.StreamReader | None, into: bytearray) -> None:
         assert stream is not None
         while chunk := await stream.read(_READ_CHUNK):
-            budget[0] -= len(chunk)
-            if budget[0] < 0:
-                raise _OutputTooLarge
+            budget.spend(len(chunk))
             into += chunk
 
     async def feed() -> None:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 import shlex
+import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,16 @@ import asyncssh
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import SshConfig
-from hpcgate.errors import BadRequest, Forbidden, TimedOut, Unavailable
-from hpcgate.runners.base import Completed, Limits, Runner
+from hpcgate.errors import Forbidden, Unavailable
+from hpcgate.runners.base import (
+    Completed,
+    Limits,
+    OutputBudget,
+    OutputTooLarge,
+    Runner,
+    output_too_large,
+    timed_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,14 +375,12 @@ class SshRunner(Runner):
         stdin: bytes | None,
     ) -> Completed:
         out, err = bytearray(), bytearray()
-        budget = [limits.output_bytes]
+        budget = OutputBudget(limits.output_bytes)
 
         async def drain(stream: asyncssh.SSHReader[bytes], into: bytearray) -> None:
             while chunk := await stream.read(_READ_CHUNK):
                 into += chunk
-                budget[0] -= len(chunk)
-                if budget[0] < 0:
-                    raise _OutputTooLarge
+                budget.spend(len(chunk))
 
         async def feed() -> None:
             if stdin:
@@ -396,15 +403,10 @@ class SshRunner(Runner):
             completed = await asyncio.wait_for(process.wait(), timeout=limits.timeout)
         except TimeoutError:
             await self._kill(connection, process, err, tasks)
-            raise TimedOut(
-                f"{argv[0]} did not finish within {limits.timeout:g} s and was killed"
-            ) from None
-        except _OutputTooLarge:
+            raise timed_out(argv, limits) from None
+        except OutputTooLarge:
             await self._kill(connection, process, err, tasks)
-            raise BadRequest(
-                f"{argv[0]} printed more than {limits.output_bytes} bytes and was killed; "
-                "redirect large output to a file"
-            ) from None
+            raise output_too_large(argv, limits) from None
         except BaseException:
             await self._kill(connection, process, err, tasks)
             raise
@@ -441,13 +443,7 @@ class SshRunner(Runner):
         process.close()
 
 
-class _OutputTooLarge(Exception):
-    pass
-
-
 def _signal_number(exit_signal: tuple[str, bool, str, str] | None) -> int:
-    import signal
-
     if not exit_signal:
         return 0
     try:

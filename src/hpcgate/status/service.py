@@ -43,10 +43,6 @@ class StatusService:
             )
         return self._answer[1]
 
-    async def cluster_status(self) -> dict[str, dict[str, Any]]:
-        """The spec's status shape, as a dict."""
-        return self._build(await self.store.get_many(self.machines), time.time())
-
     def _build(
         self, snapshots: dict[str, Snapshot | None], now: float
     ) -> dict[str, dict[str, Any]]:

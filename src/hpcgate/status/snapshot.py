@@ -54,7 +54,7 @@ class Snapshot:
         return index
 
     def to_json(self) -> bytes:
-        data = {name: value for name, value in asdict(self).items() if not name.startswith("_")}
+        data = asdict(self)
         data["probes"] = [int(ok) for ok in self.probes]
         return json.dumps(data, separators=(",", ":")).encode()
 
