@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import re
 import statistics
 import subprocess
@@ -28,10 +30,17 @@ def slurmctld_rpcs(reset: bool = False) -> int:
 
 @dataclass
 class Samples:
-    """Latencies (seconds) and errors of one measured run."""
+    """Latencies (seconds) and errors of one measured run, and how long it took."""
 
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    elapsed: float = 0.0
+    """Wall time from the first request sent to the last answer read."""
+
+    @property
+    def rate(self) -> float:
+        """Requests completed per second of the run."""
+        return len(self.latencies) / self.elapsed if self.elapsed else float("nan")
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -79,6 +88,30 @@ class Gateway:
     def __exit__(self, *exc: object) -> None:
         if self.server is not None:
             stop_server(self.server)
+
+
+def describe_machine() -> str:
+    """One line on what the figures were measured on: cores, memory, kernel, Slurm."""
+    cores = os.cpu_count()
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])  # MemTotal comes first
+    slurm = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()
+    return (
+        f"{cores} cores, {memory_kib / 2**20:.0f} GiB, Linux {platform.release()}, "
+        f"{slurm or 'Slurm ?'}, Python {platform.python_version()}"
+    )
+
+
+def write_section(name: str, text: str, readme: Path = REPO / "bench" / "README.md") -> None:
+    """Replace the generated section ``name`` of the benchmarks' README with ``text``."""
+    begin, end = f"<!-- {name}:begin (generated) -->", f"<!-- {name}:end -->"
+    current = readme.read_text()
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(current)
 
 
 def ensure_cluster() -> None:

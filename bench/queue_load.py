@@ -118,14 +118,17 @@ async def status_throughput(gateway: Gateway, connections: int, seconds: float) 
     return samples
 
 
-def wrk(url: str, connections: int, seconds: float) -> str:
+def wrk(url: str, connections: int, seconds: float, headers: dict[str, str] | None = None) -> str:
     """wrk's view of the same load, as a cross-check of the Python load generator."""
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True)
     if shutil.which("wrk") is None:
         return "wrk not available"
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    for key, value in (headers or {}).items():
+        argv += ["-H", f"{key}: {value}"]
     done = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        [*argv, url],
         capture_output=True,
         text=True,
     )

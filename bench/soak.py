@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from tests.conftest import PASSWORDS
 
-from bench.common import PASSWORDS, Gateway, Samples, ensure_cluster
+from bench.common import Gateway, Samples, ensure_cluster
 
 MIX = [("login", 5), ("submit", 15), ("queue", 40), ("status", 25), ("kill", 15)]
 EXPECTED = {

@@ -1,11 +1,12 @@
 """hpcgate vs slurmrestd vs the plain CLI, side by side, with slurmctld's load per request.
 
-    .venv/bin/python -m bench.vs_slurmrestd [--seconds 5] [--concurrency 1,16,64,256]
-                                            [--jobs 1000]
+    .venv/bin/python -m bench.vs_slurmrestd [--seconds 4] [--concurrency 1,16,64,256]
+                                            [--jobs 1000] [--scenarios status,queue,...]
+                                            [--write]
 
-Needs root. Brings up the cluster with slurmrestd (JWT, `scripts/cluster restd`), fills
-the queue with ~``--jobs`` held jobs (a tenth alice's, the rest bob's), starts one
-gateway with production settings (embedded monitor, snapshots), and measures, for each
+Needs root. Starts slurmrestd with JWT (`scripts/cluster restd`) on the same cluster,
+fills the queue with ``--jobs`` held jobs (a tenth alice's, the rest bob's), starts one
+gateway with production settings (embedded monitor, snapshots) and measures, for each
 concurrency, each scenario on each system for ``--seconds``:
 
 - status:  GET /api/job  |  slurmrestd GET partitions, GET nodes  |  sinfo
@@ -13,55 +14,61 @@ concurrency, each scenario on each system for ``--seconds``:
 - detail:  GET /api/job/ln3/<id>  |  slurmrestd GET slurmdb job/<id>  |  sacct -j <id>
 - submit:  POST /api/job  |  slurmrestd POST job/submit  |  sbatch  (jobs that run `true`)
 
-Each row: requests/s, p50, p99, errors, and slurmctld RPCs per request (sdiag, reset
-before each cell; hpcgate's include its monitor's probes in that time). The CLI runs as
-root (no runuser in the measured path). GETs are cross-checked with wrk at 64
-connections, to show the Python load generator is not the bottleneck.
+Each row: requests/s (over the wall time of the cell), p50, p99, errors, slurmctld RPCs
+per request (sdiag, reset before each cell; hpcgate's include its monitor's probes), and
+for the other systems hpcgate's throughput as a multiple of theirs and the difference of
+the medians. The CLI runs as root (no runuser in the measured path). The GETs are
+cross-checked with wrk at 64 connections, to show the load generator is not the
+bottleneck. ``--write`` puts the table, with date, machine and command, in
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from bench.common import REPO, Gateway, RawConnection, Samples, host_port, slurmctld_rpcs
+from bench import restd
+from bench.common import (
+    Gateway,
+    RawConnection,
+    Samples,
+    describe_machine,
+    host_port,
+    slurmctld_rpcs,
+    write_section,
+)
 from bench.queue_load import wrk
 
-RESTD = ("127.0.0.1", 6820)
 CONFIG = '[auth]\nbackend = "pam"\n[monitor]\naccount = "hpcmon"\n[machines.ln3]\n'
+SCRIPT = "#!/bin/bash\n#SBATCH --output=/dev/null\ntrue\n"
+Connect = Callable[[], RawConnection] | None
 Op = Callable[[RawConnection], Awaitable[bool]]
 
 
-def restd_token(user: str) -> str:
-    out = subprocess.run(
-        ["scontrol", "token", f"username={user}", "lifespan=7200"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.strip().split("=", 1)[1]
+@dataclass
+class Row:
+    scenario: str
+    system: str
+    concurrency: int
+    samples: Samples
+    rpcs_per_request: float
+    cli: bool
 
 
-def fill_queue(jobs: int) -> None:
-    for user, count in (("alice", jobs // 10), ("bob", jobs - jobs // 10)):
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                user,
-                "--",
-                "bash",
-                "-c",
-                f"cd /tmp && for i in $(seq {count}); do sbatch -Q --hold --wrap=true; done",
-            ],
-            check=True,
-        )
+@dataclass
+class System:
+    name: str
+    connect: Connect
+    op: Callable[..., Awaitable[bool]]
 
 
 def finished_job(user: str) -> str:
@@ -76,16 +83,15 @@ def finished_job(user: str) -> str:
 
 
 async def cell(
-    make: Callable[[], RawConnection] | None,
-    op: Callable[..., Awaitable[bool]],
-    workers: int,
-    seconds: float,
+    connect: Connect, op: Callable[..., Awaitable[bool]], workers: int, seconds: float
 ) -> Samples:
+    """``workers`` closed loops of ``op`` for ``seconds`` (requests in flight then finish)."""
     samples = Samples()
-    end = time.monotonic() + seconds
+    started = time.monotonic()
+    end = started + seconds
 
     async def worker() -> None:
-        connection = make() if make else None
+        connection = connect() if connect else None
         while (start := time.monotonic()) < end:
             try:
                 ok = await op(connection)
@@ -97,6 +103,7 @@ async def cell(
             await connection.close()
 
     await asyncio.gather(*(worker() for _ in range(workers)))
+    samples.elapsed = time.monotonic() - started
     return samples
 
 
@@ -107,166 +114,202 @@ async def cli(*argv: str) -> bool:
     return await process.wait() == 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--concurrency", default="1,16,64,256")
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument(
-        "--scenarios", default="status,queue,detail,submit", help="comma-separated subset"
-    )
-    args = parser.parse_args()
-    levels = [int(n) for n in args.concurrency.split(",")]
-    subprocess.run([str(REPO / "scripts" / "cluster"), "restd"], check=True)
-    subprocess.run(["scancel", "--user=alice"], check=False)
-    subprocess.run(["scancel", "--user=bob"], check=False)
-    fill_queue(args.jobs)
-    detail_id = finished_job("alice")
-    rest_headers = {"X-SLURM-USER-NAME": "alice", "X-SLURM-USER-TOKEN": restd_token("alice")}
-    script = "#!/bin/bash\ntrue\n"
-    form = urllib.parse.urlencode({"jobscript": script, "jobfilepath": "~/bench/job.sh"}).encode()
-    rest_job = json.dumps(
-        {
-            "script": script,
-            "job": {"environment": {"PATH": "/bin"}, "current_working_directory": "/tmp"},
-        }
-    ).encode()
+def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
+    host, port = host_port(gateway.url)
+    gate_headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
+    rest_headers = restd.headers("alice")
+    form = urllib.parse.urlencode({"jobscript": SCRIPT}).encode()
+    rest_job = restd.job_body()
 
-    rows: list[tuple[str, str, int, Samples, float]] = []
-    with Gateway(CONFIG) as gateway:
-        host, port = host_port(gateway.url)
-        gate_headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
-        time.sleep(6)  # a first snapshot
+    def gate() -> RawConnection:
+        return RawConnection(host, port, gate_headers)
 
-        def gate() -> RawConnection:
-            return RawConnection(host, port, gate_headers)
+    def rest() -> RawConnection:
+        return RawConnection(*restd.ADDRESS, rest_headers)
 
-        def rest() -> RawConnection:
-            return RawConnection(*RESTD, rest_headers)
+    async def get(c: RawConnection, path: str) -> bool:
+        return await c.get(path) == 200
 
-        async def status_ok(c: RawConnection, path: str) -> bool:
-            return await c.get(path) == 200
+    async def post(c: RawConnection, path: str, body: bytes, kind: str) -> bool:
+        return (await c.request("POST", path, body, kind))[0] == 200
 
-        async def post_ok(c: RawConnection, path: str, body: bytes, kind: str) -> bool:
-            return (await c.request("POST", path, body, kind))[0] == 200
-
-        scenarios: list[tuple[str, list[tuple[str, Callable[[], RawConnection] | None, Op]]]] = [
-            (
-                "status",
-                [
-                    ("hpcgate", gate, lambda c: status_ok(c, "/api/job")),
-                    (
-                        "slurmrestd partitions",
-                        rest,
-                        lambda c: status_ok(c, "/slurm/v0.0.38/partitions"),
-                    ),
-                    ("slurmrestd nodes", rest, lambda c: status_ok(c, "/slurm/v0.0.38/nodes")),
-                    ("sinfo", None, lambda _: cli("sinfo")),
-                ],
+    api = restd.API
+    return {
+        "status": [
+            System("hpcgate", gate, lambda c: get(c, "/api/job")),
+            System("slurmrestd partitions", rest, lambda c: get(c, f"{api}/partitions")),
+            System("slurmrestd nodes", rest, lambda c: get(c, f"{api}/nodes")),
+            System("sinfo", None, lambda _: cli("sinfo")),
+        ],
+        "queue": [
+            System("hpcgate", gate, lambda c: get(c, "/api/job/ln3")),
+            System("slurmrestd jobs", rest, lambda c: get(c, f"{api}/jobs")),
+            System("squeue -u", None, lambda _: cli("squeue", "--user=alice")),
+        ],
+        "detail": [
+            System("hpcgate", gate, lambda c: get(c, f"/api/job/ln3/{detail_id}")),
+            System(
+                "slurmrestd dbjob",
+                rest,
+                lambda c: get(c, f"/slurmdb/v0.0.38/job/{detail_id}"),
             ),
-            (
-                "queue",
-                [
-                    ("hpcgate", gate, lambda c: status_ok(c, "/api/job/ln3")),
-                    ("slurmrestd jobs", rest, lambda c: status_ok(c, "/slurm/v0.0.38/jobs")),
-                    ("squeue -u", None, lambda _: cli("squeue", "--user=alice")),
-                ],
+            System("sacct -j", None, lambda _: cli("sacct", "-j", detail_id)),
+        ],
+        "submit": [
+            System(
+                "hpcgate",
+                gate,
+                lambda c: post(c, "/api/job/ln3", form, "application/x-www-form-urlencoded"),
             ),
-            (
-                "detail",
-                [
-                    ("hpcgate", gate, lambda c: status_ok(c, f"/api/job/ln3/{detail_id}")),
-                    (
-                        "slurmrestd dbjob",
-                        rest,
-                        lambda c: status_ok(c, f"/slurmdb/v0.0.38/job/{detail_id}"),
-                    ),
-                    ("sacct -j", None, lambda _: cli("sacct", "-j", detail_id)),
-                ],
+            System(
+                "slurmrestd submit",
+                rest,
+                lambda c: post(c, f"{api}/job/submit", rest_job, "application/json"),
             ),
-            (
-                "submit",
-                [
-                    (
-                        "hpcgate",
-                        gate,
-                        lambda c: post_ok(
-                            c, "/api/job/ln3", form, "application/x-www-form-urlencoded"
-                        ),
-                    ),
-                    (
-                        "slurmrestd submit",
-                        rest,
-                        lambda c: post_ok(
-                            c, "/slurm/v0.0.38/job/submit", rest_job, "application/json"
-                        ),
-                    ),
-                    ("sbatch", None, lambda _: cli("sbatch", "-Q", "--wrap=true")),
-                ],
-            ),
-        ]
-        chosen = args.scenarios.split(",")
-        for scenario, systems in scenarios:
-            if scenario not in chosen:
-                continue
-            for workers in levels:
-                for name, make, op in systems:
-                    seconds = min(args.seconds, 3) if scenario == "submit" else args.seconds
-                    slurmctld_rpcs(reset=True)
-                    samples = asyncio.run(cell(make, op, workers, seconds))
-                    rpcs = slurmctld_rpcs()
-                    rows.append(
-                        (scenario, name, workers, samples, rpcs / max(1, len(samples.latencies)))
-                    )
-                    print_row(rows[-1], seconds)
-            if scenario == "submit":
-                for user in ("alice", "root"):
-                    subprocess.run(["scancel", f"--user={user}"], check=False)
-        checks = [
-            ("hpcgate GET /api/job", wrk(f"{gateway.url}/api/job", 64, args.seconds)),
-            (
-                "slurmrestd GET partitions",
-                wrk_rest("/slurm/v0.0.38/partitions", rest_headers, args.seconds),
-            ),
-        ]
-    subprocess.run(["scancel", "--user=bob"], check=False)
-    print(f"\n# vs_slurmrestd, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {args.jobs} jobs queued")
-    for label, result in checks:
-        print(f"wrk -c64 {label}: {result}")
-
-
-def wrk_rest(path: str, headers: dict[str, str], seconds: float) -> str:
-    import shutil
-
-    if shutil.which("wrk") is None:
-        return "wrk not available"
-    argv = ["wrk", "-t2", "-c64", f"-d{seconds:g}s", "--latency"]
-    for key, value in headers.items():
-        argv += ["-H", f"{key}: {value}"]
-    done = subprocess.run(
-        [*argv, f"http://{RESTD[0]}:{RESTD[1]}{path}"], capture_output=True, text=True
-    )
-    rate = [line for line in done.stdout.splitlines() if "Requests/sec" in line]
-    return rate[0].strip() if rate else f"wrk failed: {done.stderr.strip()[:200]}"
-
-
-def print_row(row: tuple[str, str, int, Samples, float], seconds: float) -> None:
-    scenario, name, workers, samples, per_request = row
-    print(
-        f"| {scenario:6} | {name:22} | {workers:4} | {len(samples.latencies) / seconds:8.0f} | "
-        f"{samples.median * 1000:8.1f} | {samples.percentile(99) * 1000:8.1f} | "
-        f"{samples.errors:6} | {per_request:7.2f} |",
-        flush=True,
-    )
+            System("sbatch", None, lambda _: cli("sbatch", "-Q", "-o", "/dev/null", "--wrap=true")),
+        ],
+    }
 
 
 HEADER = (
-    "| what   | system                 | conc |    req/s | p50 (ms) | p99 (ms) "
-    "| errors | RPC/req |\n"
-    "|--------|------------------------|-----:|---------:|---------:|---------:"
-    "|-------:|--------:|"
+    "| what   | system                 | conc |   req/s | p50 (ms) | p99 (ms) | errors "
+    "| RPC/req | hpcgate req/s x | hpcgate Δp50 (ms) |\n"
+    "|--------|------------------------|-----:|--------:|---------:|---------:|-------:"
+    "|--------:|----------------:|------------------:|"
 )
 
+
+def format_row(row: Row, ours: Row | None) -> str:
+    s = row.samples
+    if ours is None or ours is row:
+        versus = f"| {'':>15} | {'':>17} |"
+    else:
+        ratio = ours.samples.rate / s.rate if s.rate else float("inf")
+        delta = (ours.samples.median - s.median) * 1000
+        versus = f"| {ratio:14.2f}x | {delta:+17.1f} |"
+    return (
+        f"| {row.scenario:6} | {row.system:22} | {row.concurrency:4} | {s.rate:7.0f} | "
+        f"{s.median * 1000:8.1f} | {s.percentile(99) * 1000:8.1f} | {s.errors:6} | "
+        f"{row.rpcs_per_request:7.2f} {versus}"
+    )
+
+
+def summary(rows: list[Row]) -> list[str]:
+    """Per scenario: hpcgate's throughput as a multiple of the best slurmrestd read and of
+    the CLI, over the concurrencies measured, and its slurmctld RPCs per request."""
+    lines = []
+    for scenario in dict.fromkeys(row.scenario for row in rows):
+        group = [row for row in rows if row.scenario == scenario]
+        ratios: dict[str, list[float]] = {"slurmrestd": [], "CLI": []}
+        ours_rpcs = []
+        for concurrency in dict.fromkeys(row.concurrency for row in group):
+            level = [row for row in group if row.concurrency == concurrency]
+            ours = next(row for row in level if row.system == "hpcgate")
+            ours_rpcs.append(ours.rpcs_per_request)
+            rest = [row.samples.rate for row in level if row.system.startswith("slurmrestd")]
+            cli_rates = [row.samples.rate for row in level if row.cli]
+            if rest:
+                ratios["slurmrestd"].append(ours.samples.rate / max(rest))
+            if cli_rates:
+                ratios["CLI"].append(ours.samples.rate / cli_rates[0])
+        parts = [
+            f"{min(values):.2f}-{max(values):.2f}x {who}"
+            for who, values in ratios.items()
+            if values
+        ]
+        lines.append(
+            f"- **{scenario}**: hpcgate's req/s = {', '.join(parts)}; "
+            f"slurmctld RPCs per hpcgate request {min(ours_rpcs):.2f}-{max(ours_rpcs):.2f}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4, help="length of each cell")
+    parser.add_argument("--concurrency", default="1,16,64,256")
+    parser.add_argument("--jobs", type=int, default=1000, help="held jobs queued meanwhile")
+    parser.add_argument(
+        "--scenarios", default="status,queue,detail,submit", help="comma-separated subset"
+    )
+    parser.add_argument("--write", action="store_true", help="write the table to bench/README.md")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.concurrency.split(",")]
+    chosen = args.scenarios.split(",")
+
+    restd.start()
+    restd.cancel_all("alice", "bob")
+    restd.fill_queue({"alice": args.jobs // 10, "bob": args.jobs - args.jobs // 10})
+    detail_id = finished_job("alice")
+    newt = Path("~alice/newt").expanduser()
+    scripts_before = set(newt.glob("newt_*.sh"))
+
+    rows: list[Row] = []
+    print(HEADER, flush=True)
+    with Gateway(CONFIG) as gateway:
+        time.sleep(6)  # a first snapshot
+        for scenario, systems in scenarios(gateway, detail_id).items():
+            if scenario not in chosen:
+                continue
+            for workers in levels:
+                ours: Row | None = None
+                for system in systems:
+                    slurmctld_rpcs(reset=True)
+                    samples = asyncio.run(cell(system.connect, system.op, workers, args.seconds))
+                    rpcs = slurmctld_rpcs() / max(1, len(samples.latencies))
+                    row = Row(scenario, system.name, workers, samples, rpcs, system.connect is None)
+                    ours = ours or row
+                    rows.append(row)
+                    print(format_row(row, ours), flush=True)
+            if scenario == "submit":
+                restd.cancel_all("alice", "root")
+        checks = [
+            f"hpcgate `GET /api/job`: {wrk(f'{gateway.url}/api/job', 64, args.seconds)}",
+            "slurmrestd `GET partitions`: "
+            + wrk(
+                f"http://{restd.ADDRESS[0]}:{restd.ADDRESS[1]}{restd.API}/partitions",
+                64,
+                args.seconds,
+                headers=restd.headers("alice"),
+            ),
+        ]
+    restd.cancel_all("alice", "bob")
+    for script in set(newt.glob("newt_*.sh")) - scripts_before:
+        script.unlink()
+
+    when = datetime.now(UTC)
+    lines = [
+        f"### {when:%Y-%m-%d %H:%M} UTC, {args.jobs:,} held jobs queued",
+        "",
+        f"Machine: {describe_machine()}. ",
+        f"Command: `.venv/bin/python -m bench.vs_slurmrestd {' '.join(sys.argv[1:])}`",
+        "",
+        HEADER,
+        *(format_row(row, _ours(rows, row)) for row in rows),
+        "",
+        "wrk -t2 -c64, same run (the load generator's cross-check):",
+        "",
+        *(f"- {check}" for check in checks),
+        "",
+        *summary(rows),
+    ]
+    report = "\n".join(lines)
+    print("\n" + report)
+    if args.write:
+        write_section("vs_slurmrestd", report)
+
+
+def _ours(rows: list[Row], row: Row) -> Row | None:
+    return next(
+        (
+            other
+            for other in rows
+            if other.system == "hpcgate"
+            and (other.scenario, other.concurrency) == (row.scenario, row.concurrency)
+        ),
+        None,
+    )
+
+
 if __name__ == "__main__":
-    print(HEADER)
     main()

@@ -11,7 +11,9 @@ import asyncio
 import posixpath
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import Config, MachineConfig
@@ -34,6 +36,7 @@ from hpcgate.status.queue_cache import Listing, QueueCache
 from hpcgate.status.store import StatusStore
 
 SCRIPT_DIR = "~/newt"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -178,15 +181,29 @@ class Machine:
             raise Forbidden(f"job {jobid} on {self.name} belongs to another user")
 
     async def job(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
-        """One of the user's jobs: its row, then one row per step."""
-        live, history = await asyncio.gather(
-            self._live(account, jobid),
-            self._history(account, jobid),
-            return_exceptions=True,
-        )
-        if isinstance(live, BaseException):
+        """One of the user's jobs: its row, then one row per step.
+
+        Accounting has the steps and, once a job has ended, its final record; while the
+        job is queued or running the controller is the truth (accounting lags it by
+        seconds). A job the latest snapshot shows queued is asked of both at once; any
+        other is asked of accounting first, and of the controller only if accounting's
+        record is not final, which spares the controller a call for most finished jobs.
+        """
+        live: JobRecord | Exception | None
+        history: list[JobRecord] | Exception
+        if self.queue_cache is None or await self.queue_cache.shows_queued(account.name, jobid):
+            live, history = await asyncio.gather(
+                _outcome(self._live(account, jobid)), _outcome(self._history(account, jobid))
+            )
+        else:
+            history = await _outcome(self._history(account, jobid))
+            final = not isinstance(history, Exception) and self.scheduler.history_is_final(
+                jobid, history
+            )
+            live = None if final else await _outcome(self._live(account, jobid))
+        if isinstance(live, Exception):
             raise live
-        if isinstance(history, BaseException):
+        if isinstance(history, Exception):
             if live is None or not isinstance(history, GatewayError):
                 raise history  # accounting down and the controller forgot it: no answer
             history = []  # accounting down: the controller's view alone answers
@@ -209,6 +226,14 @@ class Machine:
         finally:  # even a timed-out scancel may have taken effect
             await self._note_write(account)
         self.scheduler.check_cancel(done)
+
+
+async def _outcome(action: Awaitable[T]) -> T | Exception:
+    """What ``action`` returned or raised (cancellation still propagates)."""
+    try:
+        return await action
+    except Exception as exc:
+        return exc
 
 
 def _script_name() -> str:

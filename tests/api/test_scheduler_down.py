@@ -24,16 +24,39 @@ def controller_stopped(cluster: None) -> Iterator[None]:
         subprocess.run([str(REPO / "scripts" / "cluster"), "start-ctld"], check=True)
 
 
+@pytest.fixture
+def ended_job(cluster: None) -> str:
+    """One of alice's jobs that has ended and is in accounting."""
+    jobid = subprocess.run(
+        ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--wait", "-o", "/dev/null"]
+        + ["--wrap=true"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/tmp",
+    ).stdout.strip()
+
+    def recorded() -> bool:
+        sacct = ["sacct", "--noheader", "--parsable2", "--format=state", f"--jobs={jobid}"]
+        return "COMPLETED" in subprocess.run(sacct, capture_output=True, text=True).stdout
+
+    wait_for(recorded, what=f"job {jobid} in accounting")
+    return jobid
+
+
 def test_scheduler_down_is_503_within_the_timeout(
-    alice: httpx.Client, anonymous: httpx.Client, controller_stopped: None
+    alice: httpx.Client, anonymous: httpx.Client, ended_job: str, controller_stopped: None
 ) -> None:
     started = time.monotonic()
     submitted = alice.post("/job/ln3", data={"jobscript": "#!/bin/bash\ntrue\n"})
     assert "cannot be reached" in error_of(submitted, 503)
     # after a submit, alice's listing is live (read-your-writes), so it meets the dead scheduler
     assert "cannot be reached" in error_of(alice.get("/job/ln3"), 503)
-    assert "cannot be reached" in error_of(alice.get("/job/ln3/1"), 503)
+    # a job accounting does not show ended needs the controller
+    assert "cannot be reached" in error_of(alice.get("/job/ln3/987654321"), 503)
     assert time.monotonic() - started < 3 * SCHEDULER_TIMEOUT
+    # one it shows ended is answered by accounting alone
+    assert ok_output(alice.get(f"/job/ln3/{ended_job}"))["status"][ended_job] == "Completed"
     # the gateway itself, the command route and the status view keep answering
     assert ok_output(alice.get("/auth"))["username"] == "alice"
     assert ok_output(alice.post("/command/ln3", data={"command": "echo up"}))["output"] == "up\n"

@@ -100,6 +100,28 @@ def test_missing_program_and_missing_directory(runner: LocalRunner, alice: UnixA
         run(runner.run(alice, ["true"], limits=LIMITS, cwd="/nonexistent/dir"))
 
 
+def test_a_program_the_user_may_not_execute_is_forbidden(
+    runner: LocalRunner, alice: UnixAccount, public_dir: Path
+) -> None:
+    program = public_dir / "root-only-tool"
+    program.write_text("#!/bin/sh\necho ran\n")
+    program.chmod(0o700)  # root may run it, alice may not
+    with pytest.raises(Forbidden, match=r"alice may not run .*: Permission denied"):
+        run(runner.run(alice, [str(program)], limits=LIMITS))
+
+
+def test_no_capability_survives_the_switch(runner: LocalRunner, alice: UnixAccount) -> None:
+    done = run(runner.run(alice, ["grep", "^Cap", "/proc/self/status"], limits=LIMITS))
+    capabilities = dict(line.split(":\t") for line in done.stdout.splitlines())
+    assert set(capabilities) >= {"CapInh", "CapPrm", "CapEff", "CapAmb"}
+    assert {name: int(mask, 16) for name, mask in capabilities.items() if name != "CapBnd"} == {
+        "CapInh": 0,
+        "CapPrm": 0,
+        "CapEff": 0,
+        "CapAmb": 0,
+    }
+
+
 def test_root_is_never_a_runner_account(runner: LocalRunner) -> None:
     with pytest.raises(Forbidden, match="never run as root"):
         run(runner.run(UnixAccount.lookup("root"), ["true"], limits=LIMITS))
@@ -107,7 +129,8 @@ def test_root_is_never_a_runner_account(runner: LocalRunner) -> None:
 
 def test_without_root_only_the_service_user_is_served(alice: UnixAccount) -> None:
     runner = LocalRunner()
-    runner._service_uid = pwd.getpwnam("bob").pw_uid  # as if the service ran as bob
+    # as if the service ran as bob (the suite's Python lives under /root, out of bob's reach)
+    runner._service_uid, runner._setpriv = pwd.getpwnam("bob").pw_uid, None
     with pytest.raises(Forbidden, match="can act only as that user"):
         run(runner.run(alice, ["true"], limits=LIMITS))
 

@@ -208,6 +208,16 @@ def test_parse_history() -> None:
     assert (batch.id, batch.tasks, extern.status) == ("3.batch", 1, "Completed")
 
 
+def test_only_a_settled_record_of_an_ended_job_is_final() -> None:
+    ended_placeholder = PLACEHOLDER.replace("PENDING", "COMPLETED", 1)
+    assert slurm.history_is_final("3", slurm.parse_history(done(SYNCED)))
+    assert not slurm.history_is_final("3", slurm.parse_history(done(ended_placeholder)))
+    assert not slurm.history_is_final("3", slurm.parse_history(done(PLACEHOLDER)))
+    running = SYNCED.replace("FAILED", "RUNNING", 1)
+    assert not slurm.history_is_final("3", slurm.parse_history(done(running)))
+    assert not slurm.history_is_final("3", [])
+
+
 def test_the_live_row_replaces_accountings_placeholder() -> None:
     live = slurm.parse_queue(
         done(line("3", "hello", "alice", "RUNNING", "work", "0:05", "1", "1", "node1", "0"))

@@ -86,3 +86,35 @@ def test_identical_live_queries_are_coalesced() -> None:
         assert len({id(listing) for listing in listings[:20]}) == 1
 
     asyncio.run(body())
+
+
+def test_job_detail_asks_the_controller_only_when_accounting_cannot_answer() -> None:
+    gw, runner = gateway(status={"queue_max_age": 60})
+    machine = gw.machines["ln3"]
+    alice = UnixAccount.lookup("alice")
+    quick = {"jobscript": "#!/bin/bash\ntrue\n"}
+
+    async def body() -> None:
+        queued = await machine.submit(alice, parse_submission(SLEEPER, max_script_bytes=10_000))
+        ended = await machine.submit(alice, parse_submission(quick, max_script_bytes=10_000))
+        try:
+            await gw.monitor().run_once()
+            runner.calls.clear()
+            (row, *_) = await machine.job(alice, queued)
+            assert row.status in ("Pending", "Running")
+            assert runner.calls == {"squeue": 1, "sacct": 1}, "a queued job: both views"
+
+            for _ in range(100):  # until the job has left the queue and accounting has it
+                await gw.monitor().run_once()
+                runner.calls.clear()
+                (row, *_) = await machine.job(alice, ended)
+                if row.finished and runner.calls == {"sacct": 1}:
+                    break
+                await asyncio.sleep(0.2)
+            assert row.status == "Completed" and runner.calls == {"sacct": 1}, (
+                "an ended job: accounting alone"
+            )
+        finally:
+            cancel(queued)
+
+    asyncio.run(body())

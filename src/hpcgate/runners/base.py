@@ -104,17 +104,20 @@ class Runner(ABC):
         The machine's own permissions decide: a path the user may not write is Forbidden,
         with the operating system's reason.
         """
-        parent = posixpath.dirname(path)
-        # Always ask as the user, even when the directory exists: a check made by the
-        # service (root) would reveal which hidden paths exist through the error text.
-        made = await self.run(account, ["mkdir", "-p", "--", parent], limits=limits)
-        if made.ok:
-            # dd reads the inherited pipe on fd 0 (a setuid child may not reopen it as
-            # /dev/stdin) and takes the path inside its one argument, so it cannot be an
-            # option; it truncates an existing file and refuses a directory.
+        # dd reads the inherited pipe on fd 0 (a setuid child may not reopen it as
+        # /dev/stdin) and takes the path inside its one argument, so it cannot be an
+        # option; it truncates an existing file and refuses a directory.
+        write = ["dd", f"of={path}", "bs=65536", "status=none"]
+        made = await self.run(account, write, limits=limits, stdin=data)
+        if not made.ok:
+            # Most often the parents are missing: make them, as the user, and write again
+            # (any other failure repeats and is reported). The service, as root, never
+            # checks a path itself: its answer would reveal which hidden paths exist.
             made = await self.run(
-                account, ["dd", f"of={path}", "bs=65536", "status=none"], limits=limits, stdin=data
+                account, ["mkdir", "-p", "--", posixpath.dirname(path)], limits=limits
             )
+            if made.ok:
+                made = await self.run(account, write, limits=limits, stdin=data)
         if not made.ok:
             reason = made.stderr.strip() or f"exit status {made.returncode}"
             if "Permission denied" in reason or "Read-only file system" in reason:

@@ -160,3 +160,8 @@ class Scheduler(ABC):
         ``live`` is what the controller says now (None once it has forgotten the job),
         ``history`` what accounting says, which may lag behind or not know the job yet.
         """
+
+    def history_is_final(self, jobid: str, history: list[JobRecord]) -> bool:
+        """Whether accounting alone tells the job's whole story: it has ended and the
+        record is settled, so the controller need not be asked. False when unsure."""
+        return False

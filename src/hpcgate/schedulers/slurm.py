@@ -271,6 +271,12 @@ class Slurm(Scheduler):
             return []
         return [job, *steps]
 
+    def history_is_final(self, jobid: str, history: list[JobRecord]) -> bool:
+        # The placeholder row of a job accounting has not synced yet has no partition,
+        # and may already say COMPLETED under the name "allocation".
+        jobs = [row for row in history if row.id == jobid]
+        return bool(jobs) and jobs[-1].finished and bool(jobs[-1].partition)
+
     # cancel
 
     def cancel_argv(self, jobid: str) -> list[str]:

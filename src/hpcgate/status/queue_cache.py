@@ -56,6 +56,17 @@ class QueueCache:
             return None  # the snapshot may predate the user's own submit or kill
         return Listing(list(snapshot.jobs_by_user.get(user, ())), taken)
 
+    async def shows_queued(self, user: str, jobid: str) -> bool:
+        """Whether the latest snapshot, however old, lists the job among the user's queued
+        ones; True when there is no snapshot to tell. A hint only, never an answer."""
+        try:
+            snapshot = await self.store.get(self.machine)
+        except StoreUnavailable:
+            return True
+        if snapshot is None:
+            return True
+        return any(job.id == jobid for job in snapshot.jobs_by_user.get(user, ()))
+
     async def note_write(self, user: str) -> None:
         """The user just changed their queue: their next listing must see it."""
         now = time.time()

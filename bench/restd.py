@@ -1,0 +1,76 @@
+"""slurmrestd on the benchmark cluster: start it, get a JWT, fill the queue through it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+from bench.common import REPO, RawConnection
+
+ADDRESS = ("127.0.0.1", 6820)
+API = "/slurm/v0.0.38"
+
+
+def start() -> None:
+    """slurmrestd with JWT on 127.0.0.1:6820 (``scripts/cluster restd``; idempotent)."""
+    subprocess.run([str(REPO / "scripts" / "cluster"), "restd"], check=True)
+
+
+def headers(user: str) -> dict[str, str]:
+    """The headers that authenticate ``user`` to slurmrestd (a two-hour JWT)."""
+    out = subprocess.run(
+        ["scontrol", "token", f"username={user}", "lifespan=7200"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": out.strip().split("=", 1)[1]}
+
+
+def job_body(*, hold: bool = False) -> bytes:
+    """A submission of a job that runs ``true`` in /tmp."""
+    job: dict[str, object] = {
+        "environment": {"PATH": "/bin"},
+        "current_working_directory": "/tmp",
+        "standard_output": "/dev/null",
+    }
+    if hold:
+        job["hold"] = True
+    return json.dumps({"script": "#!/bin/bash\ntrue\n", "job": job}).encode()
+
+
+def fill_queue(counts: dict[str, int], connections: int = 16) -> None:
+    """Queue ``counts[user]`` held jobs for each user, through slurmrestd (the fastest way
+    in: several hundred jobs a second, where sbatch in a loop manages a few dozen)."""
+
+    async def fill(user: str, count: int) -> None:
+        body = job_body(hold=True)
+        auth = headers(user)
+        left = count
+
+        async def worker() -> None:
+            nonlocal left
+            connection = RawConnection(*ADDRESS, auth)
+            while left > 0:
+                left -= 1
+                status, answer = await connection.request(
+                    "POST", f"{API}/job/submit", body, "application/json"
+                )
+                if status != 200:
+                    raise RuntimeError(f"slurmrestd refused a submit: {answer[:300]!r}")
+            await connection.close()
+
+        await asyncio.gather(*(worker() for _ in range(min(connections, count))))
+
+    async def fill_all() -> None:
+        for user, count in counts.items():
+            if count:
+                await fill(user, count)
+
+    asyncio.run(fill_all())
+
+
+def cancel_all(*users: str) -> None:
+    for user in users:
+        subprocess.run(["scancel", f"--user={user}"], check=False)
