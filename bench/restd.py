@@ -28,8 +28,9 @@ def headers(user: str) -> dict[str, str]:
     return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": out.strip().split("=", 1)[1]}
 
 
-def job_body(*, hold: bool = False) -> bytes:
-    """A submission of a job that runs ``true`` in /tmp."""
+def job_body(*, hold: bool = False, name: str = "", begin_in: int = 0) -> bytes:
+    """A submission of a job that runs ``true`` in /tmp: held, named, or due to begin
+    ``begin_in`` seconds from now."""
     job: dict[str, object] = {
         "environment": {"PATH": "/bin"},
         "current_working_directory": "/tmp",
@@ -37,6 +38,10 @@ def job_body(*, hold: bool = False) -> bytes:
     }
     if hold:
         job["hold"] = True
+    if name:
+        job["name"] = name
+    if begin_in:
+        job["begin_time"] = f"now+{begin_in}"  # slurmrestd 22.05 parses only strings here
     return json.dumps({"script": "#!/bin/bash\ntrue\n", "job": job}).encode()
 
 

@@ -12,12 +12,15 @@ concurrency, each scenario on each system for ``--seconds``:
 - status:  GET /api/job  |  slurmrestd GET partitions, GET nodes  |  sinfo
 - queue:   GET /api/job/ln3 (alice's)  |  slurmrestd GET jobs  |  squeue -u alice
 - detail:  GET /api/job/ln3/<id>  |  slurmrestd GET slurmdb job/<id>  |  sacct -j <id>
-- submit:  POST /api/job  |  slurmrestd POST job/submit  |  sbatch  (jobs that run `true`)
+- submit:  POST /api/job  |  slurmrestd POST job/submit  |  sbatch, all with one script
+  whose jobs begin in an hour (so that starting jobs does not compete for the machine's
+  two cores), cancelled after each cell
 
 Each row: requests/s (over the wall time of the cell), p50, p99, errors, slurmctld RPCs
 per request (sdiag, reset before each cell; hpcgate's include its monitor's probes), and
 for the other systems hpcgate's throughput as a multiple of theirs and the difference of
-the medians. The CLI runs as root (no runuser in the measured path). The GETs are
+the medians. The CLI runs as alice, switched to by `chroot --userspec` (what hpcgate's
+local runner does; runuser or su would add a PAM session per call). The GETs are
 cross-checked with wrk at 64 connections, to show the load generator is not the
 bottleneck. ``--write`` puts the table, with date, machine and command, in
 bench/README.md.
@@ -47,9 +50,14 @@ from bench.common import (
     write_section,
 )
 from bench.queue_load import wrk
+from hpcgate.accounts import UnixAccount
 
 CONFIG = '[auth]\nbackend = "pam"\n[monitor]\naccount = "hpcmon"\n[machines.ln3]\n'
-SCRIPT = "#!/bin/bash\n#SBATCH --output=/dev/null\ntrue\n"
+SUBMIT_NAME = "bench-submit"
+SCRIPT = (
+    f"#!/bin/bash\n#SBATCH --job-name={SUBMIT_NAME}\n#SBATCH --begin=now+1hour\n"
+    "#SBATCH --output=/dev/null\ntrue\n"
+)
 Connect = Callable[[], RawConnection] | None
 Op = Callable[[RawConnection], Awaitable[bool]]
 
@@ -107,9 +115,30 @@ async def cell(
     return samples
 
 
+def as_alice() -> list[str]:
+    """The cheapest way for root to run a command as alice: the one hpcgate itself uses."""
+    alice = UnixAccount.lookup("alice")
+    groups = ",".join(f"+{gid}" for gid in alice.groups)
+    return [
+        "chroot",
+        f"--userspec=+{alice.uid}:+{alice.gid}",
+        f"--groups={groups}",
+        "--skip-chdir",
+        "/",
+    ]
+
+
+ALICE = as_alice()
+
+
 async def cli(*argv: str) -> bool:
+    """``argv`` as alice, as a script on the login node would run it."""
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd="/tmp"
+        *ALICE,
+        *argv,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd="/tmp",
     )
     return await process.wait() == 0
 
@@ -119,7 +148,10 @@ def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
     gate_headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
     rest_headers = restd.headers("alice")
     form = urllib.parse.urlencode({"jobscript": SCRIPT}).encode()
-    rest_job = restd.job_body()
+    rest_job = restd.job_body(name=SUBMIT_NAME, begin_in=3600)
+    script_file = Path("/tmp/hpcgate-bench-submit.sh")
+    script_file.write_text(SCRIPT)
+    script_file.chmod(0o644)
 
     def gate() -> RawConnection:
         return RawConnection(host, port, gate_headers)
@@ -166,7 +198,7 @@ def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
                 rest,
                 lambda c: post(c, f"{api}/job/submit", rest_job, "application/json"),
             ),
-            System("sbatch", None, lambda _: cli("sbatch", "-Q", "-o", "/dev/null", "--wrap=true")),
+            System("sbatch", None, lambda _: cli("sbatch", "-Q", str(script_file))),
         ],
     }
 
@@ -261,8 +293,8 @@ def main() -> None:
                     ours = ours or row
                     rows.append(row)
                     print(format_row(row, ours), flush=True)
-            if scenario == "submit":
-                restd.cancel_all("alice", "root")
+                    if scenario == "submit":
+                        subprocess.run(["scancel", f"--name={SUBMIT_NAME}"], check=False)
         checks = [
             f"hpcgate `GET /api/job`: {wrk(f'{gateway.url}/api/job', 64, args.seconds)}",
             "slurmrestd `GET partitions`: "

@@ -28,8 +28,7 @@ def controller_stopped(cluster: None) -> Iterator[None]:
 def ended_job(cluster: None) -> str:
     """One of alice's jobs that has ended and is in accounting."""
     jobid = subprocess.run(
-        ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--wait", "-o", "/dev/null"]
-        + ["--wrap=true"],
+        ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--wait", "--wrap=true"],
         capture_output=True,
         text=True,
         check=True,

@@ -130,7 +130,7 @@ def test_root_is_never_a_runner_account(runner: LocalRunner) -> None:
 def test_without_root_only_the_service_user_is_served(alice: UnixAccount) -> None:
     runner = LocalRunner()
     # as if the service ran as bob (the suite's Python lives under /root, out of bob's reach)
-    runner._service_uid, runner._setpriv = pwd.getpwnam("bob").pw_uid, None
+    runner._service_uid, runner._switch_user = pwd.getpwnam("bob").pw_uid, None
     with pytest.raises(Forbidden, match="can act only as that user"):
         run(runner.run(alice, ["true"], limits=LIMITS))
 

@@ -81,6 +81,31 @@ def test_two_redis_clients_share_snapshots(prefix: str) -> None:
     asyncio.run(body())
 
 
+def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> None:
+    async def body() -> None:
+        writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+        await writer.put(snapshot("a", 1.0), ttl=60)
+        first = await reader.get("a")
+        sent: list[str] = []
+        command = reader.command
+
+        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "mget":
+                sent.extend(args[0])
+            return await command(name, *args, **kwargs)
+
+        reader.command = counted  # type: ignore[method-assign]
+        assert await reader.get("a") is first, "the same object: counts and index reused"
+        assert sent == [f"{prefix}stamp:a"], "only the stamp crossed the wire"
+        await writer.put(snapshot("a", 2.0), ttl=60)
+        assert await reader.get("a") == snapshot("a", 2.0)
+        assert sent[-1] == f"{prefix}snapshot:a"
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())
+
+
 def test_redis_down_is_a_clear_unavailable_and_recovers(private_redis: PrivateRedis) -> None:
     async def body() -> None:
         store = RedisStore(private_redis.url, timeout=1)

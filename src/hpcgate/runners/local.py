@@ -32,11 +32,13 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 class LocalRunner(Runner):
     """Runs actions on the gateway host itself.
 
-    As root, every action starts as ``setpriv --reuid --regid --groups -- env -- program``:
-    util-linux's setpriv takes the user's uid, gid and supplementary groups, and coreutils'
-    env then executes the program, in the same process. Python could switch ids in the
-    child itself, but only by ``fork()``-ing the whole gateway (it uses ``vfork`` only when
-    no ids change), which blocks the event loop for longer the bigger the gateway grows.
+    As root, every action starts as ``chroot --userspec=UID:GID --groups=... --skip-chdir /
+    program ...``: coreutils' chroot, given the old root, changes no root and no directory;
+    it only sets the user's supplementary groups, gid and uid (a plain ``setuid``, after
+    which the kernel leaves no capability) and executes the program, in the same process,
+    so that exec is checked with the user's rights. Python could switch ids in the child
+    itself, but only by ``fork()``-ing the whole gateway (it uses ``vfork`` only when no
+    ids change), which blocks the event loop for longer the bigger the gateway grows.
     Without root, the runner can act only as the service's own user and refuses every
     other account.
     """
@@ -50,14 +52,13 @@ class LocalRunner(Runner):
         self._path = path
         self._extra_environment = dict(environment or {})
         self._service_uid = os.geteuid()
-        self._setpriv: str | None = None
-        self._env = shutil.which("env") or "/usr/bin/env"
+        self._switch_user: str | None = None
         if self._service_uid == 0:
-            self._setpriv = shutil.which("setpriv")
-            if self._setpriv is None:
+            self._switch_user = shutil.which("chroot") or shutil.which("/usr/sbin/chroot")
+            if self._switch_user is None:
                 raise ConfigError(
-                    "setpriv was not found on the service's PATH; install util-linux, "
-                    "which provides it: the local runner needs it to act as users"
+                    "chroot was not found on the service's PATH or in /usr/sbin; install "
+                    "coreutils (8.23 or newer): the local runner needs it to act as users"
                 )
 
     @property
@@ -72,35 +73,28 @@ class LocalRunner(Runner):
         """The argument vector that runs ``program`` (absolute) as ``account``."""
         if account.uid == 0:
             raise Forbidden("actions never run as root")
-        if self._setpriv is None:
+        if self._switch_user is None:
             if account.uid != self._service_uid:
                 raise Forbidden(
                     f"this gateway runs without root as uid {self._service_uid}, "
                     f"so it can act only as that user, not as {account.name}"
                 )
             return [program, *argv[1:]]
-        groups = ",".join(str(gid) for gid in account.groups)
         return [
-            self._setpriv,
-            f"--reuid={account.uid}",
-            f"--regid={account.gid}",
-            f"--groups={groups}" if groups else "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-            # setpriv executes its program with root's capabilities still in effect (it
-            # keeps them to set the groups after the uid), so the kernel's permission
-            # checks on that exec pass for anything. env, a harmless program, takes that
-            # exec; the user's program is then executed by env as the plain user.
-            self._env,
-            "--",
+            self._switch_user,
+            f"--userspec=+{account.uid}:+{account.gid}",  # "+": numbers, no name lookup
+            # never empty: chroot would then keep the service's own groups
+            "--groups=" + ",".join(f"+{gid}" for gid in account.groups or (account.gid,)),
+            "--skip-chdir",
+            "/",
             program,
             *argv[1:],
         ]
 
     def _exec_refused(self, program: str, stderr: bytes) -> str | None:
-        """Why env could not execute ``program`` (its exit status was 126), if it says so."""
+        """Why ``program`` could not be executed (exit status 126), if chroot says so."""
         refused = re.match(
-            rb"[^\n]*env: \W?" + re.escape(program.encode()) + rb"\W?: ([^\n]+)\n?\Z", stderr
+            rb"\S*chroot: [^\n]*\W" + re.escape(program.encode()) + rb"\W+: ([^\n]+)\n?\Z", stderr
         )
         return refused.group(1).decode(errors="replace") if refused else None
 
@@ -156,7 +150,7 @@ class LocalRunner(Runner):
             await _kill_group(process)
             raise
         returncode = process.returncode if process.returncode is not None else -1
-        if returncode == 126 and self._setpriv is not None:
+        if returncode == 126 and self._switch_user is not None:
             refused = self._exec_refused(program, stderr)
             if refused is not None:
                 raise Forbidden(f"{account.name} may not run {argv[0]}: {refused}")

@@ -2,8 +2,11 @@
 
 Key layout (``prefix`` defaults to ``hpcgate:``):
 
-- ``{prefix}snapshot:{machine}``: the machine's latest snapshot as JSON, replaced whole by
-  one ``SET ... PX ttl`` (atomic: readers see the old or the new one, never a mix).
+- ``{prefix}snapshot:{machine}``: the machine's latest snapshot as JSON, replaced whole
+  (readers see the old or the new one, never a mix), with
+- ``{prefix}stamp:{machine}``: that snapshot's ``taken`` time, set in the same
+  transaction. Readers fetch the small stamps on every read and a snapshot only when its
+  stamp changed, so a status read does not move every snapshot out of Redis.
 - ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
   that machine, expiring after the queue-freshness bound.
 - ``{prefix}session:{sha256 of the token}``: a login, expiring with it.
@@ -36,7 +39,7 @@ class RedisStore(StatusStore):
     def __init__(self, url: str, *, prefix: str = "hpcgate:", timeout: float = 2.0) -> None:
         self.url = url
         self.prefix = prefix
-        self._parse_cache: dict[str, tuple[bytes | str, Snapshot]] = {}
+        self._parsed: dict[str, tuple[bytes, Snapshot]] = {}  # machine -> (stamp, snapshot)
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -50,31 +53,46 @@ class RedisStore(StatusStore):
         try:
             return await getattr(self._redis, name)(*args, **kwargs)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(
-                f"the status store (Redis at {self.url}) cannot be reached: {exc}"
-            ) from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"the status store (Redis at {self.url}) cannot be reached: {exc}")
 
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
-        key = f"{self.prefix}snapshot:{snapshot.machine}"
-        await self.command("set", key, snapshot.to_json(), px=int(ttl * 1000))
+        ms = int(ttl * 1000)
+        try:
+            async with self._redis.pipeline(transaction=True) as both:
+                both.set(f"{self.prefix}snapshot:{snapshot.machine}", snapshot.to_json(), px=ms)
+                both.set(f"{self.prefix}stamp:{snapshot.machine}", _stamp(snapshot), px=ms)
+                await both.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
 
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
         names = list(machines)
         if not names:
             return {}
-        raws = await self.command("mget", [f"{self.prefix}snapshot:{name}" for name in names])
-        return {name: self._parsed(name, raw) for name, raw in zip(names, raws, strict=True)}
+        stamps = await self.command("mget", [f"{self.prefix}stamp:{name}" for name in names])
+        found: dict[str, Snapshot | None] = {}
+        changed = []
+        for name, stamp in zip(names, stamps, strict=True):
+            cached = self._parsed.get(name)
+            if stamp is None:
+                found[name] = None
+            elif cached is not None and cached[0] == stamp:
+                found[name] = cached[1]  # unchanged: reuse the object (its counts, its index)
+            else:
+                changed.append(name)
+        if changed:
+            raws = await self.command("mget", [f"{self.prefix}snapshot:{name}" for name in changed])
+            for name, raw in zip(changed, raws, strict=True):
+                found[name] = None if raw is None else self._parse(name, raw)
+        return found
 
-    def _parsed(self, machine: str, raw: bytes | str | None) -> Snapshot | None:
-        """Parse a snapshot once: while its bytes are unchanged, reuse the object (and so
-        its counts and per-user index)."""
-        if raw is None:
-            return None
-        cached = self._parse_cache.get(machine)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
+    def _parse(self, machine: str, raw: bytes) -> Snapshot:
         snapshot = Snapshot.from_json(raw)
-        self._parse_cache[machine] = (raw, snapshot)
+        # keyed by the stamp of what was read, which may be newer than the stamp just seen
+        self._parsed[machine] = (_stamp(snapshot), snapshot)
         return snapshot
 
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
@@ -87,6 +105,10 @@ class RedisStore(StatusStore):
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _stamp(snapshot: Snapshot) -> bytes:
+    return repr(snapshot.taken).encode()
 
 
 class RedisSessionStore(SessionStore):
