@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 from dataclasses import dataclass
 
 from hpcgate.errors import Forbidden
@@ -53,3 +54,29 @@ class UnixAccount:
         if path.startswith("~/"):
             path = path[2:]
         return os.path.normpath(os.path.join(self.home, path))
+
+
+class AccountCache:
+    """Accounts looked up recently, each reused for at most ``max_age`` seconds.
+
+    Resolving a user's groups reads the whole group database, on every request without
+    this. A change to a user's groups reaches their actions within ``max_age`` (nscd and
+    sssd cache for longer by default); a login always looks the account up afresh.
+    """
+
+    def __init__(self, max_age: float = 60.0, max_entries: int = 100_000) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, UnixAccount]] = {}
+
+    def lookup(self, name: str, *, fresh: bool = False) -> UnixAccount:
+        """The account called ``name`` (see :meth:`UnixAccount.lookup`)."""
+        now = time.monotonic()
+        entry = self._entries.get(name)
+        if entry is not None and not fresh and now - entry[0] < self.max_age:
+            return entry[1]
+        account = UnixAccount.lookup(name)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[name] = (now, account)
+        return account

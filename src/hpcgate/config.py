@@ -58,6 +58,9 @@ class AuthConfig(_Section):
     max_failures_per_user: int = Field(5, ge=1, description="failed logins before a lockout")
     max_failures_per_address: int = Field(20, ge=1)
     lockout_seconds: float = Field(300.0, ge=1, description="window and length of a lockout")
+    account_cache_seconds: float = Field(
+        60.0, ge=0, description="reuse a user's ids and groups this long between requests; 0: never"
+    )
 
 
 class AuditConfig(_Section):

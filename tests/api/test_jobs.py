@@ -6,12 +6,16 @@ import json
 import pwd
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from hpcgate.api.routes.jobs import QueueBodies
+from hpcgate.schedulers.base import JobRecord
+from hpcgate.status.queue_cache import Listing
 from tests.conftest import Server, error_of, ok_output, wait_for
 
 QUEUE_COLUMNS = {"status", "nodelist", "name", "partition", "user", "time", "nodes", "id"}
@@ -269,3 +273,20 @@ def test_queue_answers_on_every_machine(alice: httpx.Client, machine: str) -> No
 
 def test_server_log_has_no_tracebacks(server: Server) -> None:
     assert "Traceback" not in server.log()
+
+
+def test_queue_bodies_are_encoded_once_per_snapshot() -> None:
+    job = JobRecord("7", "hello", "alice", "PENDING", "work", "0:00", 1, None, "(Priority)", "0:0")
+    bodies = QueueBodies()
+    first = bodies.body("ln3", "alice", Listing([job], 100.0, from_snapshot=True))
+    assert json.loads(first)["output"]["status"] == {"7": "Pending"}
+    again = bodies.body("ln3", "alice", Listing([job], 100.0, from_snapshot=True))
+    assert again is first, "the same snapshot: the same bytes"
+    newer = replace(job, state="RUNNING")
+    assert json.loads(bodies.body("ln3", "alice", Listing([newer], 105.0, from_snapshot=True)))[
+        "output"
+    ]["status"] == {"7": "Running"}
+    live = bodies.body("ln3", "alice", Listing([job], 105.0))
+    assert json.loads(live)["output"]["status"] == {"7": "Pending"}, (
+        "a live listing is never reused"
+    )

@@ -60,6 +60,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.gateway = gw
+    app.state.queue_bodies = jobs.QueueBodies()
     app.add_middleware(AuditLog, target=config.audit.file)
     app.add_middleware(SecurityHeaders, hsts=config.auth.cookie_secure)
     for module in (auth, command, jobs):

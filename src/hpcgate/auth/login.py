@@ -9,7 +9,7 @@ import os
 import re
 import time
 
-from hpcgate.accounts import UnixAccount
+from hpcgate.accounts import AccountCache, UnixAccount
 from hpcgate.auth.base import Authenticator
 from hpcgate.auth.sessions import Session, SessionStore
 from hpcgate.config import AuthConfig
@@ -67,6 +67,7 @@ class LoginService:
         self.config = config
         self.service_uid = os.geteuid()
         self.throttle = FailureThrottle(config.lockout_seconds)
+        self.accounts = AccountCache(config.account_cache_seconds)
 
     def _admit(self, account: UnixAccount) -> None:
         if account.uid == 0:
@@ -107,7 +108,7 @@ class LoginService:
             await asyncio.sleep(self.config.failed_login_delay)
             raise NotLoggedIn("wrong username or password")
         self.throttle.reset(f"user:{username}")
-        account = UnixAccount.lookup(unix_name)
+        account = self.accounts.lookup(unix_name, fresh=True)
         try:
             self._admit(account)
         except Forbidden:
@@ -122,7 +123,7 @@ class LoginService:
         session = await self.sessions.get(token) if token else None
         if session is None:
             raise NotLoggedIn("not logged in: POST /api/auth with username and password first")
-        account = UnixAccount.lookup(session.username)
+        account = self.accounts.lookup(session.username)
         self._admit(account)
         return account, session
 

@@ -23,6 +23,8 @@ class Listing:
 
     jobs: list[JobRecord]
     taken: float
+    from_snapshot: bool = False
+    """Read from a snapshot: every listing of this user until the next one is the same."""
 
 
 class QueueCache:
@@ -54,7 +56,7 @@ class QueueCache:
             return None
         if wrote >= taken:
             return None  # the snapshot may predate the user's own submit or kill
-        return Listing(list(snapshot.jobs_by_user.get(user, ())), taken)
+        return Listing(list(snapshot.jobs_by_user.get(user, ())), taken, from_snapshot=True)
 
     async def shows_queued(self, user: str, jobid: str) -> bool:
         """Whether the latest snapshot, however old, lists the job among the user's queued
