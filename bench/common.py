@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -141,7 +142,16 @@ class RawConnection:
         """One request on the kept-alive connection; returns the status and the body."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+        try:
+            return await self._exchange(method, path, body, content_type)
+        except (OSError, asyncio.IncompleteReadError):
+            await self.close()  # the next request reconnects, as a real client would
+            raise
+
+    async def _exchange(
+        self, method: str, path: str, body: bytes, content_type: str
+    ) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
         head_lines = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
         if body or method == "POST":
             head_lines += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -156,9 +166,10 @@ class RawConnection:
 
     async def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            await self.writer.wait_closed()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            writer.close()
+            with contextlib.suppress(OSError):  # reset by the server: closed all the same
+                await writer.wait_closed()
 
 
 def host_port(url: str) -> tuple[str, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -88,6 +89,20 @@ def finished_job(user: str) -> str:
         cwd="/tmp",
     )
     return done.stdout.strip()
+
+
+def cancel_submitted() -> None:
+    """Cancel the submit cells' jobs and wait until slurmctld has caught up (its agent and
+    slurmdbd queues empty), so that the next cell does not meet a controller still busy
+    with thousands of kills."""
+    subprocess.run(["scancel", f"--name={SUBMIT_NAME}"], check=False)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        diag = subprocess.run(["sdiag"], capture_output=True, text=True).stdout
+        queues = re.findall(r"(?:Agent|DBD Agent) queue size:\s*(\d+)", diag)
+        if queues and not any(int(n) for n in queues):
+            return
+        time.sleep(1)
 
 
 async def cell(
@@ -294,7 +309,7 @@ def main() -> None:
                     rows.append(row)
                     print(format_row(row, ours), flush=True)
                     if scenario == "submit":
-                        subprocess.run(["scancel", f"--name={SUBMIT_NAME}"], check=False)
+                        cancel_submitted()
         checks = [
             f"hpcgate `GET /api/job`: {wrk(f'{gateway.url}/api/job', 64, args.seconds)}",
             "slurmrestd `GET partitions`: "
