@@ -57,13 +57,20 @@ def fill_queue(counts: dict[str, int], connections: int = 16) -> None:
         async def worker() -> None:
             nonlocal left
             connection = RawConnection(*ADDRESS, auth)
+            refusals = 0
             while left > 0:
                 left -= 1
                 status, answer = await connection.request(
                     "POST", f"{API}/job/submit", body, "application/json"
                 )
                 if status != 200:
-                    raise RuntimeError(f"slurmrestd refused a submit: {answer[:300]!r}")
+                    # e.g. MaxJobCount reached while slurmctld still holds the jobs that
+                    # earlier runs cancelled (it forgets them after MinJobAge)
+                    refusals += 1
+                    if refusals > 60:
+                        raise RuntimeError(f"slurmrestd refuses submits: {answer[:300]!r}")
+                    left += 1
+                    await asyncio.sleep(5)
             await connection.close()
 
         await asyncio.gather(*(worker() for _ in range(min(connections, count))))
