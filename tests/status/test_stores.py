@@ -90,16 +90,17 @@ def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> No
         command = reader.command
 
         async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-            if name == "mget":
-                sent.extend(args[0])
+            sent.extend(args[0] if name == "mget" else [args[0]])
             return await command(name, *args, **kwargs)
 
         reader.command = counted  # type: ignore[method-assign]
         assert await reader.get("a") is first, "the same object: counts and index reused"
         assert sent == [f"{prefix}stamp:a"], "only the stamp crossed the wire"
         await writer.put(snapshot("a", 2.0), ttl=60)
-        assert await reader.get("a") == snapshot("a", 2.0)
-        assert sent[-1] == f"{prefix}snapshot:a"
+        sent.clear()
+        readers = await asyncio.gather(*(reader.get("a") for _ in range(50)))
+        assert all(found == snapshot("a", 2.0) for found in readers)
+        assert sent.count(f"{prefix}snapshot:a") == 1, "50 readers at once: one fetch, one parse"
         await writer.close()
         await reader.close()
 

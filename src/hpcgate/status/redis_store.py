@@ -19,6 +19,7 @@ Every command has a short timeout, and every failure becomes :class:`StoreUnavai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ class RedisStore(StatusStore):
         self.url = url
         self.prefix = prefix
         self._parsed: dict[str, tuple[bytes, Snapshot]] = {}  # machine -> (stamp, snapshot)
+        self._locks: dict[str, asyncio.Lock] = {}
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -74,7 +76,7 @@ class RedisStore(StatusStore):
             return {}
         stamps = await self.command("mget", [f"{self.prefix}stamp:{name}" for name in names])
         found: dict[str, Snapshot | None] = {}
-        changed = []
+        changed: dict[str, bytes] = {}
         for name, stamp in zip(names, stamps, strict=True):
             cached = self._parsed.get(name)
             if stamp is None:
@@ -82,12 +84,22 @@ class RedisStore(StatusStore):
             elif cached is not None and cached[0] == stamp:
                 found[name] = cached[1]  # unchanged: reuse the object (its counts, its index)
             else:
-                changed.append(name)
+                changed[name] = stamp
         if changed:
-            raws = await self.command("mget", [f"{self.prefix}snapshot:{name}" for name in changed])
-            for name, raw in zip(changed, raws, strict=True):
-                found[name] = None if raw is None else self._parse(name, raw)
+            fresh = await asyncio.gather(*(self._refresh(n, s) for n, s in changed.items()))
+            found.update(zip(changed, fresh, strict=True))
         return found
+
+    async def _refresh(self, machine: str, stamp: bytes) -> Snapshot | None:
+        """The machine's snapshot, at least as new as ``stamp``. Readers that see a new
+        stamp at once share one fetch and one parse: a snapshot of 10,000 jobs is 1.6 MB,
+        and 64 parses of it in a row stalled every request for seconds."""
+        async with self._locks.setdefault(machine, asyncio.Lock()):
+            cached = self._parsed.get(machine)
+            if cached is not None and float(cached[0]) >= float(stamp):
+                return cached[1]
+            raw = await self.command("get", f"{self.prefix}snapshot:{machine}")
+            return None if raw is None else self._parse(machine, raw)
 
     def _parse(self, machine: str, raw: bytes) -> Snapshot:
         snapshot = Snapshot.from_json(raw)
