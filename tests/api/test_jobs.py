@@ -54,6 +54,18 @@ def wait_status(client: httpx.Client, jobid: str, *statuses: str) -> dict[str, d
     return wait_for(reached, timeout=60, what=f"job {jobid} to be {' or '.join(statuses)}")
 
 
+def wait_step(client: httpx.Client, step: str, status: str) -> dict[str, dict[str, Any]]:
+    """The job's rows once ``step`` is listed with ``status``: accounting may record a
+    job's end a moment before its steps' (the job's own status comes first)."""
+    jobid = step.split(".", 1)[0]
+
+    def reached() -> dict[str, dict[str, Any]] | None:
+        rows = detail(client, jobid)
+        return rows if rows["status"].get(step) == status else None
+
+    return wait_for(reached, timeout=30, what=f"step {step} to be listed as {status}")
+
+
 def home(user: str) -> Path:
     return Path(pwd.getpwnam(user).pw_dir)
 
@@ -78,14 +90,8 @@ def test_submit_as_the_page_client_does(alice: httpx.Client) -> None:
     assert rows["name"][jobid] == "hello"
     assert rows["partition"][jobid] == "work"
     assert re.fullmatch(r"\d\d:\d\d:\d\d", rows["time"][jobid])
-
-    def with_steps() -> dict[str, dict[str, Any]] | None:
-        found = detail(alice, jobid)
-        return found if f"{jobid}.batch" in found["id"] else None
-
-    # Accounting may record the job's end a moment before its steps.
-    rows = wait_for(with_steps, what="the steps to be listed after the job")
-    assert rows["status"][f"{jobid}.batch"] == "Completed"
+    rows = wait_step(alice, f"{jobid}.batch", "Completed")
+    assert next(iter(rows["id"])) == jobid, "the steps are listed after the job"
     output = wait_for(lambda: (path.parent / f"slurm-{jobid}.out").exists(), what="job output")
     assert output
     assert (path.parent / f"slurm-{jobid}.out").read_text() == "hello from alice\n"
@@ -190,7 +196,7 @@ def test_detail_of_a_failed_job_has_its_exit_code_and_steps(alice: httpx.Client)
     jobid = submit(alice, jobscript="#!/bin/bash\nexit 3\n")
     rows = wait_status(alice, jobid, "Failed")
     assert rows["exitcode"][jobid] == "3:0"
-    assert rows["status"][f"{jobid}.batch"] == "Failed"
+    rows = wait_step(alice, f"{jobid}.batch", "Failed")
     assert rows["exitcode"][f"{jobid}.batch"] == "3:0"
 
 

@@ -20,7 +20,7 @@ from hpcgate.client import (
     WaitTimedOut,
     calls,
 )
-from tests.conftest import PASSWORDS, Server, free_port
+from tests.conftest import PASSWORDS, Server, free_port, wait_for
 
 
 @pytest.fixture
@@ -36,7 +36,12 @@ def test_a_jobs_whole_life(alice: Client) -> None:
     job = alice.wait("ln3", jobid, timeout=120)
     assert job.finished and job.succeeded and job.state == "Completed"
     assert (job.name, job.partition, job.exit_code, job.return_code) == ("life", "work", "0:0", 0)
-    assert f"{jobid}.batch" in [step.id for step in job.steps]
+    # accounting may record a job's end a moment before its steps'
+    wait_for(
+        lambda: f"{jobid}.batch" in [step.id for step in alice.job("ln3", jobid).steps],
+        timeout=30,
+        what="the batch step in the detail",
+    )
     assert alice.whoami() == "alice"
 
 
