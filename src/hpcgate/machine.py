@@ -188,6 +188,7 @@ class Machine:
         seconds). A job the latest snapshot shows queued is asked of both at once; any
         other is asked of accounting first, and of the controller only if accounting's
         record is not final, which spares the controller a call for most finished jobs.
+        A final record answers even when the controller cannot.
         """
         live: JobRecord | Exception | None
         history: list[JobRecord] | Exception
@@ -195,14 +196,15 @@ class Machine:
             live, history = await asyncio.gather(
                 _outcome(self._live(account, jobid)), _outcome(self._history(account, jobid))
             )
+            final = self._final(jobid, history)
         else:
             history = await _outcome(self._history(account, jobid))
-            final = not isinstance(history, Exception) and self.scheduler.history_is_final(
-                jobid, history
-            )
+            final = self._final(jobid, history)
             live = None if final else await _outcome(self._live(account, jobid))
         if isinstance(live, Exception):
-            raise live
+            if not (final and isinstance(live, GatewayError)):
+                raise live
+            live = None  # the controller did not answer, but accounting's record is final
         if isinstance(history, Exception):
             if live is None or not isinstance(history, GatewayError):
                 raise history  # accounting down and the controller forgot it: no answer
@@ -210,6 +212,11 @@ class Machine:
         rows = self.scheduler.merge_job_views(jobid, live, history)
         self._check_owner(account, jobid, rows)
         return rows
+
+    def _final(self, jobid: str, history: list[JobRecord] | Exception) -> bool:
+        return not isinstance(history, Exception) and self.scheduler.history_is_final(
+            jobid, history
+        )
 
     async def cancel(self, account: UnixAccount, jobid: str) -> None:
         """Kill one of the user's jobs that is still queued or running."""

@@ -36,10 +36,12 @@ def ended_job(cluster: None) -> str:
     ).stdout.strip()
 
     def recorded() -> bool:
-        sacct = ["sacct", "--noheader", "--parsable2", "--format=state", f"--jobs={jobid}"]
-        return "COMPLETED" in subprocess.run(sacct, capture_output=True, text=True).stdout
+        # settled: not accounting's placeholder, which has no partition yet
+        sacct = ["sacct", "--noheader", "--parsable2", "--format=state,partition", f"-j{jobid}"]
+        rows = subprocess.run(sacct, capture_output=True, text=True).stdout.splitlines()
+        return bool(rows) and rows[0] == "COMPLETED|work"
 
-    wait_for(recorded, what=f"job {jobid} in accounting")
+    wait_for(recorded, what=f"job {jobid} settled in accounting")
     return jobid
 
 
