@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import re
 import subprocess
 import sys
@@ -60,7 +61,6 @@ SCRIPT = (
     "#SBATCH --output=/dev/null\ntrue\n"
 )
 Connect = Callable[[], RawConnection] | None
-Op = Callable[[RawConnection], Awaitable[bool]]
 
 
 @dataclass
@@ -130,6 +130,7 @@ async def cell(
     return samples
 
 
+@functools.cache
 def as_alice() -> list[str]:
     """The cheapest way for root to run a command as alice: the one hpcgate itself uses."""
     alice = UnixAccount.lookup("alice")
@@ -143,13 +144,10 @@ def as_alice() -> list[str]:
     ]
 
 
-ALICE = as_alice()
-
-
 async def cli(*argv: str) -> bool:
     """``argv`` as alice, as a script on the login node would run it."""
     process = await asyncio.create_subprocess_exec(
-        *ALICE,
+        *as_alice(),
         *argv,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
