@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from hpcgate.config import ConfigError, load_config
+from hpcgate.config import (
+    AuditConfig,
+    AuthConfig,
+    ConfigError,
+    LimitsConfig,
+    MachineConfig,
+    MonitorConfig,
+    ServerConfig,
+    SshConfig,
+    StatusConfig,
+    StoreConfig,
+    load_config,
+)
 from tests.conftest import REPO
 
 
@@ -20,6 +33,19 @@ def test_the_example_and_demo_configs_load() -> None:
     example = load_config(REPO / "config" / "example.toml", environ={})
     assert "ln3" in example.machines
     assert load_config(REPO / "config" / "demo.toml", environ={}).auth.backend == "pam"
+
+
+def test_the_example_config_names_every_setting() -> None:
+    text = (REPO / "config" / "example.toml").read_text()
+    sections = [ServerConfig, AuthConfig, AuditConfig, LimitsConfig, StoreConfig, StatusConfig]
+    sections += [MonitorConfig, MachineConfig, SshConfig]
+    missing = [
+        f"{section.__name__}.{name}"
+        for section in sections
+        for name in section.model_fields
+        if not re.search(rf"^#? ?({name} =|\[machines\.\w+\.{name}\])", text, re.MULTILINE)
+    ]
+    assert missing == [], "config/example.toml documents every setting (the README says so)"
 
 
 def test_environment_overrides(tmp_path: Path) -> None:

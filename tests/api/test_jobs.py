@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hpcgate.api.routes.jobs import QueueBodies
+from hpcgate.api.envelope import EncodedAnswers
+from hpcgate.api.routes import jobs as routes
 from hpcgate.schedulers.base import JobRecord
-from hpcgate.status.queue_cache import Listing
 from tests.conftest import Server, error_of, ok_output, wait_for
 
 QUEUE_COLUMNS = {"status", "nodelist", "name", "partition", "user", "time", "nodes", "id"}
@@ -281,18 +281,28 @@ def test_server_log_has_no_tracebacks(server: Server) -> None:
     assert "Traceback" not in server.log()
 
 
+def test_a_reused_listing_never_hides_your_own_submit_or_kill(alice: httpx.Client) -> None:
+    queue(alice)  # served from the snapshot, and now kept encoded
+    jobid = submit(alice, jobscript=SLEEPER)
+    assert jobid in queue(alice)["id"], "a live listing right after the submit"
+    ok_output(alice.delete(f"/job/ln3/{jobid}"))
+    listing = queue(alice)
+    assert jobid not in listing["id"] or listing["status"][jobid] != "Pending", "nor the kill"
+
+
 def test_queue_bodies_are_encoded_once_per_snapshot() -> None:
     job = JobRecord("7", "hello", "alice", "PENDING", "work", "0:00", 1, None, "(Priority)", "0:0")
-    bodies = QueueBodies()
-    first = bodies.body("ln3", "alice", Listing([job], 100.0, from_snapshot=True))
+    answers = EncodedAnswers()
+    slot = ("queue", "ln3", "alice")
+    first = answers.ok(slot, 100.0, lambda: routes.columns([job], routes.QUEUE_COLUMNS))
     assert json.loads(first)["output"]["status"] == {"7": "Pending"}
-    again = bodies.body("ln3", "alice", Listing([job], 100.0, from_snapshot=True))
+    again = answers.ok(slot, 100.0, lambda: routes.columns([job], routes.QUEUE_COLUMNS))
     assert again is first, "the same snapshot: the same bytes"
     newer = replace(job, state="RUNNING")
-    assert json.loads(bodies.body("ln3", "alice", Listing([newer], 105.0, from_snapshot=True)))[
-        "output"
-    ]["status"] == {"7": "Running"}
-    live = bodies.body("ln3", "alice", Listing([job], 105.0))
-    assert json.loads(live)["output"]["status"] == {"7": "Pending"}, (
-        "a live listing is never reused"
+    assert json.loads(
+        answers.ok(slot, 105.0, lambda: routes.columns([newer], routes.QUEUE_COLUMNS))
+    )["output"]["status"] == {"7": "Running"}
+    other = answers.ok(
+        ("queue", "ln3", "bob"), 105.0, lambda: routes.columns([], routes.QUEUE_COLUMNS)
     )
+    assert json.loads(other)["output"]["status"] == {}, "each user's listing apart"

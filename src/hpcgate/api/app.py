@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 import hpcgate
-from hpcgate.api.envelope import failure
+from hpcgate.api.envelope import EncodedAnswers, failure
 from hpcgate.api.middleware import AuditLog, SecurityHeaders
 from hpcgate.api.routes import auth, command, jobs
 from hpcgate.config import Config
@@ -60,7 +60,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.gateway = gw
-    app.state.queue_bodies = jobs.QueueBodies()
+    app.state.answers = EncodedAnswers()
     app.add_middleware(AuditLog, target=config.audit.file)
     app.add_middleware(SecurityHeaders, hsts=config.auth.cookie_secure)
     for module in (auth, command, jobs):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from hpcgate.config import StatusConfig
 from hpcgate.status.snapshot import Snapshot
@@ -24,24 +24,17 @@ class StatusService:
         self.store = store
         self.machines = machines
         self.config = config
-        self._answer: tuple[tuple[Any, ...], bytes] | None = None
 
-    async def envelope_bytes(self) -> bytes:
-        """The whole ``GET /api/job`` answer, serialised once per change of any snapshot
-        (or of a machine's staleness) and reused by every request in between."""
+    async def current(self) -> tuple[tuple[Any, ...], Callable[[], dict[str, dict[str, Any]]]]:
+        """A version that changes with any snapshot or any machine's staleness, and how to
+        build the status for it (callers keep what they built until the version changes)."""
         snapshots = await self.store.get_many(self.machines)
         now = time.time()
-        key = tuple(
+        version = tuple(
             (s.taken, now - s.taken > self.config.stale_after) if s else None
             for s in (snapshots[name] for name in self.machines)
         )
-        if self._answer is None or self._answer[0] != key:
-            output = self._build(snapshots, now)
-            self._answer = (
-                key,
-                orjson.dumps({"status": "OK", "output": output, "status_code": 200, "error": ""}),
-            )
-        return self._answer[1]
+        return version, functools.partial(self._build, snapshots, now)
 
     def _build(
         self, snapshots: dict[str, Snapshot | None], now: float

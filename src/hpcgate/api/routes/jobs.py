@@ -12,13 +12,12 @@ from fastapi.responses import JSONResponse, Response
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields
 from hpcgate.api.deps import Caller, caller, gateway, machine
-from hpcgate.api.envelope import ok, ok_bytes
+from hpcgate.api.envelope import EncodedAnswers, ok, ok_bytes
 from hpcgate.api.routes import route
 from hpcgate.api.schemas import JOBID, MACHINE
 from hpcgate.idempotency import fingerprint
 from hpcgate.jobspec import parse_jobid, parse_submission
 from hpcgate.schedulers.base import JobRecord
-from hpcgate.status.queue_cache import Listing
 from hpcgate.status.service import iso
 
 router = APIRouter(tags=["jobs"])
@@ -53,28 +52,6 @@ def columns(rows: Iterable[JobRecord], spec: Columns) -> dict[str, dict[str, Any
     """Column-oriented output, as the spec lists jobs: one object per field, keyed by id."""
     rows = list(rows)
     return {field: {row.id: get(row) for row in rows} for field, get in spec.items()}
-
-
-class QueueBodies:
-    """Encoded queue listings, reused while the snapshot they came from is the latest:
-    every poll of a user's queue between two probes is answered with the same bytes."""
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._bodies: dict[tuple[str, str], tuple[float, bytes]] = {}
-
-    def body(self, machine: str, user: str, listing: Listing) -> bytes:
-        if not listing.from_snapshot:
-            return ok_bytes(columns(listing.jobs, QUEUE_COLUMNS))
-        key = (machine, user)
-        cached = self._bodies.get(key)
-        if cached is not None and cached[0] == listing.taken:
-            return cached[1]
-        body = ok_bytes(columns(listing.jobs, QUEUE_COLUMNS))
-        if len(self._bodies) >= self.max_entries:
-            self._bodies.clear()
-        self._bodies[key] = (listing.taken, body)
-        return body
 
 
 @route(
@@ -128,8 +105,15 @@ async def submit(
 async def queue(request: Request, name: str = MACHINE, who: Caller = Depends(caller)) -> Response:
     target = machine(request, name)
     listing = await target.queue(who.account)
-    bodies: QueueBodies = request.app.state.queue_bodies
-    body = bodies.body(target.name, who.account.name, listing)
+
+    def output() -> dict[str, dict[str, Any]]:
+        return columns(listing.jobs, QUEUE_COLUMNS)
+
+    if listing.from_snapshot:  # the same for this user until the next snapshot
+        answers: EncodedAnswers = request.app.state.answers
+        body = answers.ok(("queue", target.name, who.account.name), listing.taken, output)
+    else:
+        body = ok_bytes(output())
     response = Response(body, media_type="application/json")
     # How old the data is, without touching the spec's column-oriented body.
     response.headers["Age"] = str(max(0, int(time.time() - listing.taken)))
@@ -154,7 +138,9 @@ async def status(request: Request) -> Response:
     gw = gateway(request)
     if not gw.config.status.public:
         await caller(request)
-    return Response(await gw.status.envelope_bytes(), media_type="application/json")
+    version, output = await gw.status.current()
+    answers: EncodedAnswers = request.app.state.answers
+    return Response(answers.ok("status", version, output), media_type="application/json")
 
 
 @route(
