@@ -142,7 +142,7 @@ class Machine:
         if pending is None:
             pending = asyncio.ensure_future(self._live_listing(account, argv))
             self._in_flight[key] = pending
-            pending.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            pending.add_done_callback(lambda done: self._forget(key, done))
         # shield: one caller going away must not cancel the query the others wait for
         return await asyncio.shield(pending)
 
@@ -161,7 +161,15 @@ class Machine:
         )
         return self.scheduler.parse_queue(jobs), self.scheduler.parse_nodes(nodes)
 
+    def _forget(self, key: tuple[str, ...], query: asyncio.Future[Listing]) -> None:
+        if self._in_flight.get(key) is query:
+            del self._in_flight[key]
+
     async def _note_write(self, account: UnixAccount) -> None:
+        # A listing already under way may have read the queue before this write: later
+        # callers must not join it.
+        for key in [key for key in self._in_flight if key[0] == account.name]:
+            del self._in_flight[key]
         if self.queue_cache is not None:
             await self.queue_cache.note_write(account.name)
 

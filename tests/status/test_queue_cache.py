@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -116,5 +117,33 @@ def test_job_detail_asks_the_controller_only_when_accounting_cannot_answer() -> 
             )
         finally:
             cancel(queued)
+
+    asyncio.run(body())
+
+
+def test_a_listing_after_a_submit_never_joins_one_that_started_before_it() -> None:
+    gw, runner = gateway(status={"queue_max_age": 0})  # every listing is live
+    machine = gw.machines["ln3"]
+    alice = UnixAccount.lookup("alice")
+    run = runner.run
+
+    async def slow_squeue(account: UnixAccount, argv: Any, **kwargs: Any) -> Any:
+        done = await run(account, argv, **kwargs)
+        if argv[0] == "squeue":
+            await asyncio.sleep(1.0)  # a listing that read the queue, then took its time
+        return done
+
+    runner.run = slow_squeue  # type: ignore[method-assign]
+
+    async def body() -> None:
+        earlier = asyncio.ensure_future(machine.queue(alice))
+        await asyncio.sleep(0.2)
+        jobid = await machine.submit(alice, parse_submission(SLEEPER, max_script_bytes=10_000))
+        try:
+            later = await machine.queue(alice)
+            assert jobid in [job.id for job in later.jobs], "the listing sees the submit"
+            await earlier
+        finally:
+            cancel(jobid)
 
     asyncio.run(body())
