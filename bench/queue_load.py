@@ -133,8 +133,9 @@ def wrk(url: str, connections: int, seconds: float, headers: dict[str, str] | No
         text=True,
     )
     rate = re.search(r"Requests/sec:\s*([\d.]+)", done.stdout)
-    p50 = re.search(r"50%\s+(\S+)", done.stdout)
-    p99 = re.search(r"99%\s+(\S+)", done.stdout)
+    distribution = done.stdout.partition("Latency Distribution")[2]
+    p50 = re.search(r"50%\s+(\S+)", distribution)
+    p99 = re.search(r"99%\s+(\S+)", distribution)
     if not (rate and p50 and p99):
         return f"wrk failed: {done.stderr.strip()[:200]}"
     return f"{float(rate.group(1)):.0f} req/s, p50 {p50.group(1)}, p99 {p99.group(1)}"

@@ -10,6 +10,9 @@ from bench.common import REPO, RawConnection
 
 ADDRESS = ("127.0.0.1", 6820)
 API = "/slurm/v0.0.38"
+HELD_NAME = "bench-held"
+"""The name of the benchmarks' held jobs: only those are cancelled afterwards (the
+cluster is shared with other people's tests, whose jobs the benchmarks leave alone)."""
 
 
 def start() -> None:
@@ -50,7 +53,7 @@ def fill_queue(counts: dict[str, int], connections: int = 16) -> None:
     in: several hundred jobs a second, where sbatch in a loop manages a few dozen)."""
 
     async def fill(user: str, count: int) -> None:
-        body = job_body(hold=True)
+        body = job_body(hold=True, name=HELD_NAME)
         auth = headers(user)
         left = count
 
@@ -84,5 +87,6 @@ def fill_queue(counts: dict[str, int], connections: int = 16) -> None:
 
 
 def cancel_all(*users: str) -> None:
+    """Cancel the benchmarks' held jobs of ``users`` (and no other job of theirs)."""
     for user in users:
-        subprocess.run(["scancel", f"--user={user}"], check=False)
+        subprocess.run(["scancel", f"--user={user}", f"--name={HELD_NAME}"], check=False)

@@ -1,6 +1,6 @@
 """How hpcgate's cost grows with the jobs in the cluster and with the machines it serves.
 
-    .venv/bin/python -m bench.scale [--jobs 100,1000,10000] [--machines 1,2,4,8]
+    .venv/bin/python -m bench.scale [--jobs 100,1000,10000,100000] [--machines 1,2,4,8]
                                     [--seconds 4] [--write]
 
 Needs root and the machine's Redis. Deployed as in production with Redis: one
@@ -192,7 +192,9 @@ def format_row(row: Row) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", default="100,1000,10000", help="held jobs, comma-separated")
+    parser.add_argument(
+        "--jobs", default="100,1000,10000,100000", help="held jobs, comma-separated"
+    )
     parser.add_argument("--machines", default="1,2,4,8", help="machines, comma-separated")
     parser.add_argument("--seconds", type=float, default=4, help="length of each load cell")
     parser.add_argument("--write", action="store_true", help="write the table to bench/README.md")

@@ -9,8 +9,11 @@ fills the queue with ``--jobs`` held jobs (a tenth alice's, the rest bob's), sta
 gateway with production settings (embedded monitor, snapshots) and measures, for each
 concurrency, each scenario on each system for ``--seconds``:
 
-- status:  GET /api/job  |  slurmrestd GET partitions, GET nodes  |  sinfo
-- queue:   GET /api/job/ln3 (alice's)  |  slurmrestd GET jobs  |  squeue -u alice
+- status:  GET /api/job  |  a bare ASGI app serving a body of the same size on the same
+  server (the floor, bench.floor)  |  slurmrestd GET partitions, GET nodes  |  sinfo
+- queue:   GET /api/job/ln3 (alice's)  |  the floor  |  slurmrestd GET jobs  |  squeue -u
+- queued:  GET /api/job/ln3/<id> of a job waiting to start  |  slurmrestd GET job/<id>
+  (slurmctld)  |  squeue -j <id>
 - detail:  GET /api/job/ln3/<id>  |  slurmrestd GET slurmdb job/<id>  |  sacct -j <id>
 - submit:  POST /api/job  |  slurmrestd POST job/submit  |  sbatch, all with one script
   whose jobs begin in an hour (so that starting jobs does not compete for the machine's
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import re
 import subprocess
@@ -41,6 +45,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 from bench import restd
 from bench.common import (
     Gateway,
@@ -51,6 +57,7 @@ from bench.common import (
     slurmctld_rpcs,
     write_section,
 )
+from bench.floor import serve_floor
 from bench.queue_load import wrk
 from hpcgate.accounts import UnixAccount
 
@@ -89,6 +96,24 @@ def finished_job(user: str) -> str:
         cwd="/tmp",
     )
     return done.stdout.strip()
+
+
+def held_job(user: str) -> str:
+    """One of ``user``'s held jobs queued by ``restd.fill_queue``: a job waiting to start."""
+    listed = subprocess.run(
+        ["squeue", "--noheader", f"--user={user}", f"--name={restd.HELD_NAME}", "--format=%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return listed[0]
+
+
+def same_size_body(gateway: Gateway, path: str) -> bytes:
+    """A body of the size of alice's answer at ``path`` (what the floor serves)."""
+    headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
+    size = len(httpx.get(f"{gateway.url}{path}", headers=headers).content)
+    return b'{"padding":"' + b"x" * max(0, size - 14) + b'"}'
 
 
 def cancel_submitted() -> None:
@@ -156,7 +181,14 @@ async def cli(*argv: str) -> bool:
     return await process.wait() == 0
 
 
-def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
+FLOOR = "bare ASGI floor"
+
+
+def scenarios(
+    gateway: Gateway, detail_id: str, queued_id: str, floors: dict[str, str]
+) -> dict[str, list[System]]:
+    """Each scenario's systems, hpcgate first. ``floors``: per scenario, the URL of a bare
+    ASGI app answering a body of the same size as hpcgate's (bench.floor)."""
     host, port = host_port(gateway.url)
     gate_headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
     rest_headers = restd.headers("alice")
@@ -172,6 +204,14 @@ def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
     def rest() -> RawConnection:
         return RawConnection(*restd.ADDRESS, rest_headers)
 
+    def floor(scenario: str) -> System:
+        floor_host, floor_port = host_port(floors[scenario])
+        return System(
+            FLOOR,
+            lambda: RawConnection(floor_host, floor_port, gate_headers),
+            lambda c: get(c, "/"),
+        )
+
     async def get(c: RawConnection, path: str) -> bool:
         return await c.get(path) == 200
 
@@ -182,14 +222,21 @@ def scenarios(gateway: Gateway, detail_id: str) -> dict[str, list[System]]:
     return {
         "status": [
             System("hpcgate", gate, lambda c: get(c, "/api/job")),
+            floor("status"),
             System("slurmrestd partitions", rest, lambda c: get(c, f"{api}/partitions")),
             System("slurmrestd nodes", rest, lambda c: get(c, f"{api}/nodes")),
             System("sinfo", None, lambda _: cli("sinfo")),
         ],
         "queue": [
             System("hpcgate", gate, lambda c: get(c, "/api/job/ln3")),
+            floor("queue"),
             System("slurmrestd jobs", rest, lambda c: get(c, f"{api}/jobs")),
             System("squeue -u", None, lambda _: cli("squeue", "--user=alice")),
+        ],
+        "queued": [
+            System("hpcgate", gate, lambda c: get(c, f"/api/job/ln3/{queued_id}")),
+            System("slurmrestd job", rest, lambda c: get(c, f"{api}/job/{queued_id}")),
+            System("squeue -j", None, lambda _: cli("squeue", f"--jobs={queued_id}")),
         ],
         "detail": [
             System("hpcgate", gate, lambda c: get(c, f"/api/job/ln3/{detail_id}")),
@@ -245,7 +292,7 @@ def summary(rows: list[Row]) -> list[str]:
     lines = []
     for scenario in dict.fromkeys(row.scenario for row in rows):
         group = [row for row in rows if row.scenario == scenario]
-        ratios: dict[str, list[float]] = {"slurmrestd": [], "CLI": []}
+        ratios: dict[str, list[float]] = {"slurmrestd": [], "CLI": [], "the floor": []}
         ours_rpcs = []
         for concurrency in dict.fromkeys(row.concurrency for row in group):
             level = [row for row in group if row.concurrency == concurrency]
@@ -253,6 +300,9 @@ def summary(rows: list[Row]) -> list[str]:
             ours_rpcs.append(ours.rpcs_per_request)
             rest = [row.samples.rate for row in level if row.system.startswith("slurmrestd")]
             cli_rates = [row.samples.rate for row in level if row.cli]
+            floor_rates = [row.samples.rate for row in level if row.system == FLOOR]
+            if floor_rates:
+                ratios["the floor"].append(ours.samples.rate / floor_rates[0])
             if rest:
                 ratios["slurmrestd"].append(ours.samples.rate / max(rest))
             if cli_rates:
@@ -275,7 +325,9 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64,256")
     parser.add_argument("--jobs", type=int, default=1000, help="held jobs queued meanwhile")
     parser.add_argument(
-        "--scenarios", default="status,queue,detail,submit", help="comma-separated subset"
+        "--scenarios",
+        default="status,queue,queued,detail,submit",
+        help="comma-separated subset",
     )
     parser.add_argument("--write", action="store_true", help="write the table to bench/README.md")
     args = parser.parse_args()
@@ -286,14 +338,20 @@ def main() -> None:
     restd.cancel_all("alice", "bob")
     restd.fill_queue({"alice": args.jobs // 10, "bob": args.jobs - args.jobs // 10})
     detail_id = finished_job("alice")
+    queued_id = held_job("alice")
     newt = Path("~alice/newt").expanduser()
     scripts_before = set(newt.glob("newt_*.sh"))
 
     rows: list[Row] = []
     print(HEADER, flush=True)
-    with Gateway(CONFIG) as gateway:
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(Gateway(CONFIG))
         time.sleep(6)  # a first snapshot
-        for scenario, systems in scenarios(gateway, detail_id).items():
+        floors = {
+            scenario: stack.enter_context(serve_floor(same_size_body(gateway, path)))
+            for scenario, path in (("status", "/api/job"), ("queue", "/api/job/ln3"))
+        }
+        for scenario, systems in scenarios(gateway, detail_id, queued_id, floors).items():
             if scenario not in chosen:
                 continue
             for workers in levels:
@@ -310,6 +368,7 @@ def main() -> None:
                         cancel_submitted()
         checks = [
             f"hpcgate `GET /api/job`: {wrk(f'{gateway.url}/api/job', 64, args.seconds)}",
+            f"bare ASGI floor (status-sized body): {wrk(floors['status'], 64, args.seconds)}",
             "slurmrestd `GET partitions`: "
             + wrk(
                 f"http://{restd.ADDRESS[0]}:{restd.ADDRESS[1]}{restd.API}/partitions",

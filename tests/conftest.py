@@ -18,12 +18,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
 
+from hpcgate.config import Config, load_config
 from tests.login_nodes import LoginNodes
+
+if TYPE_CHECKING:
+    from tests.redis_server import PrivateRedis
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
@@ -31,8 +35,19 @@ REDIS_URL = "redis://127.0.0.1:6379/0"  # the machine's own Redis
 T = TypeVar("T")
 
 
+# Fixtures that need this test machine: root and the Slurm cluster, Redis, the sshd's.
+MACHINE_FIXTURES = frozenset({"cluster", "prefix", "private_redis", "login_nodes"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop a daemon run last, so the rest never see a sick cluster."""
+    """Tests that stop a daemon run last, so the rest never see a sick cluster. A test
+    that uses the machine, directly or through another fixture, is marked ``cluster``:
+    ``pytest -m "not cluster"`` is the fast tier, which needs none of it."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backends = list(callspec.params.values()) if callspec is not None else []
+        if MACHINE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or "redis" in backends:
+            item.add_marker(pytest.mark.cluster)
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
@@ -84,9 +99,14 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    config_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def config(self) -> Config:
+        """The configuration this gateway runs with, read from its own TOML file."""
+        return load_config(self.config_path)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=f"{self.url}/api", timeout=90, **kwargs)
@@ -101,8 +121,9 @@ class Server:
         return client
 
 
-def start_server(config_text: str, workdir: Path) -> Server:
-    """Start a gateway with ``config_text`` and wait until it answers."""
+def start_server(config_text: str, workdir: Path, *, env: dict[str, str] | None = None) -> Server:
+    """Start a gateway with ``config_text`` (and extra environment ``env``); wait until it
+    answers."""
     port = free_port()
     config = workdir / f"hpcgate-{port}.toml"
     config.write_text(config_text)
@@ -121,9 +142,9 @@ def start_server(config_text: str, workdir: Path) -> Server:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "GATEWAY_TEST_CANARY": CANARY},
+            env={**os.environ, "GATEWAY_TEST_CANARY": CANARY, **(env or {})},
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, config)
 
     def answering() -> bool:
         if process.poll() is not None:
@@ -187,7 +208,8 @@ description = "as deployed"
 [machines.tight]
 description = "small limits, for timeout and output-cap tests"
 {runner}
-limits = {{ timeout = 1.5, output_bytes = 4096 }}
+limits = {{ timeout = 1.5, output_bytes = 4096, max_upload_bytes = 65536, \
+max_memory_bytes = 268435456 }}
 
 [machines.renamed]
 description = "Slurm's commands under Tianhe-2 style names"
@@ -281,3 +303,14 @@ def prefix() -> Iterator[str]:
     keys = list(client.scan_iter(f"{name}*"))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (the test may stop and start it)."""
+    from tests.redis_server import PrivateRedis
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -55,6 +55,7 @@ StrictModes no
 MaxSessions 10
 AllowTcpForwarding no
 X11Forwarding no
+Subsystem sftp /usr/lib/openssh/sftp-server
 LogLevel ERROR
 """
             )

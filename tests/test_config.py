@@ -11,13 +11,17 @@ from hpcgate.config import (
     AuditConfig,
     AuthConfig,
     ConfigError,
+    EventsConfig,
+    HealthConfig,
     LimitsConfig,
     MachineConfig,
+    MetricsConfig,
     MonitorConfig,
     ServerConfig,
     SshConfig,
     StatusConfig,
     StoreConfig,
+    WebhooksConfig,
     load_config,
 )
 from tests.conftest import REPO
@@ -38,7 +42,8 @@ def test_the_example_and_demo_configs_load() -> None:
 def test_the_example_config_names_every_setting() -> None:
     text = (REPO / "config" / "example.toml").read_text()
     sections = [ServerConfig, AuthConfig, AuditConfig, LimitsConfig, StoreConfig, StatusConfig]
-    sections += [MonitorConfig, MachineConfig, SshConfig]
+    sections += [MonitorConfig, MachineConfig, SshConfig, MetricsConfig, HealthConfig]
+    sections += [EventsConfig, WebhooksConfig]
     missing = [
         f"{section.__name__}.{name}"
         for section in sections
@@ -85,6 +90,7 @@ def test_per_machine_limits_override_the_global_ones(tmp_path: Path) -> None:
 def test_users_file_is_relative_to_the_config(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[auth]\nbackend = "users_file"\nusers_file = "users.toml"\n')
+    (tmp_path / "users.toml").write_text("")
     assert load_config(path, environ={}).auth.users_file == tmp_path / "users.toml"
 
 

@@ -48,7 +48,12 @@ def test_numbers_as_strings_are_accepted_from_forms() -> None:
         ({"job_name": 5}, "must be a string"),
         ({"job_name": "x" * 201}, "longer than 200"),
         ({"job_name": "tab\there"}, "control characters"),
-        ({"partition": "a,b"}, "may hold only"),
+        ({"partition": "a,b"}, "may hold only letters, digits and _ . + -"),
+        ({"partition": "a" * 65}, "longer than 64"),
+        ({"scale_cores": 0}, "between 1 and 10000000"),
+        ({"scale_memGB": 0}, "more than 0 and at most 1000000"),
+        ({"jobfile_args": ["a"] * 1001}, "more than 1000 arguments"),
+        ({"job_wdir": ""}, "must not be empty"),
         ({"jobfile_args": "unbalanced 'quote"}, "cannot be split"),
         ({"jobfile_args": ["ok", "new\nline"]}, "jobfile_args[1]"),
         ({"jobfile_args": 7}, "string or a list"),
@@ -92,7 +97,9 @@ def test_good_jobids(jobid: object) -> None:
     assert parse_jobid(jobid) == str(jobid)
 
 
-@pytest.mark.parametrize("jobid", [None, "", "x", "1;2", "--all", "1.batch", True, "1" * 13])
+@pytest.mark.parametrize(
+    "jobid", [None, "", "x", "1;2", "--all", "1.batch", True, "1" * 13, "1_", "1_2_3"]
+)
 def test_bad_jobids(jobid: object) -> None:
     with pytest.raises(BadRequest):
         parse_jobid(jobid)

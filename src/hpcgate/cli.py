@@ -7,10 +7,10 @@ import getpass
 import logging
 import os
 import pwd
+import re
 import sys
 
 import hpcgate
-from hpcgate.config import ConfigError, load_config
 from hpcgate.errors import GatewayError
 
 log = logging.getLogger("hpcgate")
@@ -32,7 +32,16 @@ for its administrators:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hpcgate.api.app import create_app
+    from hpcgate import workers
+    from hpcgate.api.observe import configure_logging
+    from hpcgate.api.server import (
+        ConnectionLimits,
+        protocol_class,
+        raise_descriptor_limit,
+        uvicorn_settings,
+    )
+    from hpcgate.app import create_app
+    from hpcgate.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -43,10 +52,13 @@ def _serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port:
         config.server.port = args.port
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.workers:
+        config.server.workers = args.workers
+    configure_logging(config.server)  # text or JSON lines, with each request's id
+    refused = workers.refusal(config, config.server.workers)
+    if refused:
+        print(f"hpcgate: {refused}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         me = pwd.getpwuid(os.geteuid()).pw_name
         log.warning(
@@ -56,25 +68,31 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if not config.machines:
         log.warning("no machines are configured: add a [machines.<name>] section")
-    log.info("machines: %s", ", ".join(sorted(config.machines)) or "none")
+    descriptors = raise_descriptor_limit()
     try:
         app = create_app(config)
     except ConfigError as exc:
         print(f"hpcgate: {exc}", file=sys.stderr)
         return 2
+    log.info("machines: %s", ", ".join(sorted(config.machines)) or "none")
+    server = config.server
+    smallest_submit = 3 * config.limits.script_bytes + 64 * 1024  # percent-encoded: ~3x
+    if server.max_body_bytes < smallest_submit:
+        log.warning(
+            "server.max_body_bytes = %d may refuse a form-encoded script of "
+            "limits.script_bytes = %d; give it at least %d",
+            server.max_body_bytes,
+            config.limits.script_bytes,
+            smallest_submit,
+        )
+    if server.workers > 1:
+        return workers.serve(config, args.config, server.workers)
     uvicorn.run(
         app,
-        host=config.server.host,
-        port=config.server.port,
-        log_level=config.server.log_level,
-        # CPython's loop, not uvloop: it starts processes with vfork, while libuv forks the
-        # whole gateway (3.5x slower per action at 80 MB here: 88 vs 302 spawns/s).
-        loop="asyncio",
-        ssl_certfile=str(config.server.tls_certfile) if config.server.tls_certfile else None,
-        ssl_keyfile=str(config.server.tls_keyfile) if config.server.tls_keyfile else None,
-        # client addresses (audit log, lockouts) come from a proxy only if it is trusted
-        proxy_headers=bool(config.server.forwarded_allow_ips),
-        forwarded_allow_ips=config.server.forwarded_allow_ips or None,
+        # httptools with deadlines on a request's head and body, a cap on the head and on
+        # the connections: see hpcgate.api.server
+        http=protocol_class(ConnectionLimits.from_config(server, descriptors)),
+        **uvicorn_settings(server),
     )
     return 0
 
@@ -83,12 +101,13 @@ def _monitor(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from hpcgate.gateway import Gateway
+    from hpcgate.config import ConfigError, load_config
+    from hpcgate.wiring import build_gateway, build_monitor
 
     try:
         config = load_config(args.config)
-        gateway = Gateway.from_config(config)
-        monitor = gateway.monitor(args.machine or None)
+        gateway = build_gateway(config)
+        monitor = build_monitor(gateway, args.machine or None)
     except (ConfigError, GatewayError) as exc:
         print(f"hpcgate: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +137,7 @@ def _monitor(args: argparse.Namespace) -> int:
             else:
                 await monitor.run_forever(stop)
         finally:
-            await gateway.store.close()
+            await gateway.close()
 
     asyncio.run(main())
     return 0
@@ -144,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version=f"hpcgate {hpcgate.__version__}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = top.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
@@ -157,6 +176,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML config (default: $HPCGATE_CONFIG)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="gateway processes sharing the port (overrides server.workers); above 1 "
+        "needs the Redis store, with `hpcgate monitor` running beside",
+    )
     serve.set_defaults(handler=_serve)
 
     monitor = commands.add_parser(
@@ -191,8 +217,41 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# The commands that run the gateway need the "server" extra; the rest are the client.
+SERVER_COMMANDS = frozenset({"serve", "monitor", "hash-password"})
+
+
+def missing_server_packages() -> list[str]:
+    """The distributions of the ``server`` extra that are not installed (none when
+    hpcgate itself is not installed as a distribution, e.g. run from a source tree)."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("hpcgate") or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        if not re.search(r"""extra\s*==\s*["']server["']""", marker):
+            continue
+        distribution = re.split(r"[\s\[<>=!~;]", name.strip(), maxsplit=1)[0]
+        try:
+            metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            missing.append(distribution)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.verb in SERVER_COMMANDS and (missing := missing_server_packages()):
+        print(
+            f"hpcgate: '{args.verb}' runs the gateway, which needs the server extra: "
+            f"pip install 'hpcgate[server]' (missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     handler = args.handler
     result: int = handler(args)
     return result

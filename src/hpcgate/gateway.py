@@ -1,57 +1,47 @@
-"""The gateway's parts wired together: login, the status store and the machines."""
+"""The gateway: the parts a request needs, as built by :mod:`hpcgate.wiring`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import pwd
 
-from hpcgate.accounts import UnixAccount
-from hpcgate.auth import LoginService, MemorySessionStore, SessionStore, build_authenticator
+from hpcgate.auth.login import LoginService
 from hpcgate.config import Config
 from hpcgate.errors import NotFound
-from hpcgate.idempotency import (
-    IdempotencyStore,
-    IdempotentSubmits,
-    MemoryIdempotencyStore,
-)
-from hpcgate.machine import Machine, build_machines
-from hpcgate.runners.ssh import SshRunner
-from hpcgate.status import StatusStore, build_store
-from hpcgate.status.monitor import Monitor
-from hpcgate.status.service import StatusService
+from hpcgate.services.events import EventService
+from hpcgate.services.files import FileService
+from hpcgate.services.machine import Machine
+from hpcgate.services.output import JobOutput
+from hpcgate.services.status import StatusService
+from hpcgate.stores.base import Stores
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    """Everything a request needs, built once from the configuration."""
+    """Login, the machines and the status view, over one family of stores."""
 
     def __init__(
         self,
         config: Config,
         login: LoginService,
         machines: dict[str, Machine],
-        store: StatusStore,
+        stores: Stores,
+        status: StatusService,
+        events: EventService | None = None,
+        files: dict[str, FileService] | None = None,
+        output: dict[str, JobOutput] | None = None,
     ) -> None:
         self.config = config
+        self.events = events
         self.login = login
         self.machines = machines
-        self.store = store
-        self.status = StatusService(store, list(machines), config.status)
-        self.submits = IdempotentSubmits(
-            build_idempotency_store(store),
-            ttl=config.store.idempotency_ttl,
-            wait=2 * config.limits.scheduler_timeout + 10,
-        )
-
-    @classmethod
-    def from_config(cls, config: Config) -> Gateway:
-        store = build_store(config.store)
-        login = LoginService(
-            build_authenticator(config.auth), build_session_store(store), config.auth
-        )
-        return cls(config, login, build_machines(config, store), store)
+        self.stores = stores
+        self.status = status
+        self.files = files or {}
+        """The file service of each machine, by name."""
+        self.output = output or {}
+        """The job output service of each machine, by name."""
 
     def machine(self, name: str) -> Machine:
         """The machine called ``name``; NotFound names the ones that exist."""
@@ -61,42 +51,28 @@ class Gateway:
             known = ", ".join(sorted(self.machines)) or "none configured"
             raise NotFound(f"unknown machine {name[:64]!r}; machines: {known}") from None
 
-    def monitor(self, names: list[str] | None = None) -> Monitor:
-        """A monitor of ``names`` (default: every machine), writing to this gateway's store."""
-        chosen = {name: self.machine(name) for name in names or self.machines}
-        account = UnixAccount.lookup(self.config.monitor.account or default_monitor_account())
-        over_ssh = [name for name in chosen if isinstance(chosen[name].runner, SshRunner)]
-        if over_ssh and account.shell.endswith(("nologin", "false")):
-            log.warning(
-                "monitor account %s has no login shell (%s), so it cannot log in to %s over "
-                "SSH: set monitor.account to an account that can",
-                account.name,
-                account.shell,
-                ", ".join(over_ssh),
-            )
-        return Monitor(chosen, self.store, account, self.config.monitor, self.config.status)
+    def files_of(self, name: str) -> FileService:
+        """The file service of machine ``name``; NotFound as :meth:`machine`."""
+        self.machine(name)
+        try:
+            return self.files[name]
+        except KeyError:
+            raise NotFound(f"files are not available on {name}") from None
 
+    def output_of(self, name: str) -> JobOutput:
+        """The job output service of machine ``name``; NotFound as :meth:`machine`."""
+        self.machine(name)
+        try:
+            return self.output[name]
+        except KeyError:
+            raise NotFound(f"job output is not available on {name}") from None
 
-def default_monitor_account() -> str:
-    """``nobody`` when the service is root; otherwise the service's own user."""
-    if os.geteuid() == 0:
-        return "nobody"
-    return pwd.getpwuid(os.geteuid()).pw_name
-
-
-def build_idempotency_store(store: StatusStore) -> IdempotencyStore:
-    """Idempotency records beside the status store: shared through Redis when it is Redis."""
-    from hpcgate.status.redis_store import RedisIdempotencyStore, RedisStore
-
-    if isinstance(store, RedisStore):
-        return RedisIdempotencyStore(store)
-    return MemoryIdempotencyStore()
-
-
-def build_session_store(store: StatusStore) -> SessionStore:
-    """Sessions beside the status store: shared by every process when it is Redis."""
-    from hpcgate.status.redis_store import RedisSessionStore, RedisStore
-
-    if isinstance(store, RedisStore):
-        return RedisSessionStore(store)
-    return MemorySessionStore()
+    async def close(self) -> None:
+        """Close every runner's connections, then the stores (at shutdown)."""
+        runners = {id(machine.runner): machine.runner for machine in self.machines.values()}
+        for runner in runners.values():
+            try:
+                await asyncio.wait_for(runner.close(), timeout=10)
+            except Exception:  # one runner failing to close must not keep the others open
+                log.exception("closing the runner %r failed", runner)
+        await self.stores.close()

@@ -13,17 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcgate import contract
 from hpcgate.errors import BadRequest
 
-MAX_PATH = 4096
-MAX_NAME = 200
-MAX_TIME_MINUTES = 366 * 24 * 60
-MAX_CORES = 10_000_000
-MAX_NODES = 1_000_000
-MAX_MEMORY_GB = 1_000_000
-MAX_ARGS = 1000
-PARTITION_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
-JOBID_PATTERN = re.compile(r"^[0-9]{1,12}(_[0-9]{1,9})?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -39,6 +31,9 @@ class JobOptions:
     memory_mb: int | None = None
     nodes: int | None = None
     script_args: tuple[str, ...] = field(default=())
+    tag: str | None = None
+    """Set by the gateway, never from a request: a mark the scheduler keeps with the job
+    (Slurm: its comment), by which a retried keyed submit finds the job."""
 
 
 @dataclass(frozen=True)
@@ -49,33 +44,41 @@ class Submission:
     script: str | None = None
     script_path: str | None = None
     jobfile: str | None = None
+    notify_url: str | None = None
+    """Where to POST this job's events (checked against the allow-list by the webhooks)."""
 
 
-def _text(key: str, value: Any, *, max_length: int = MAX_PATH) -> str:
+def _text(key: str, value: Any, rule: contract.Text) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{key} must be a string, not {type(value).__name__}")
-    if not value:
-        raise BadRequest(f"{key} must not be empty")
-    if len(value) > max_length:
-        raise BadRequest(f"{key} is longer than {max_length} characters")
+    if len(value) < rule.min_length:
+        raise BadRequest(
+            f"{key} must not be empty"
+            if rule.min_length == 1
+            else f"{key} is shorter than {rule.min_length} characters"
+        )
+    if rule.max_length is not None and len(value) > rule.max_length:
+        raise BadRequest(f"{key} is longer than {rule.max_length} characters")
     if _CONTROL.search(value):
         raise BadRequest(f"{key} must not contain control characters (newline, tab, NUL, ...)")
+    if rule.pattern is not None and not contract.strict(rule.pattern).match(value):
+        raise BadRequest(f"{key} may hold only {rule.allowed}, not {value!r}")
     return value
 
 
-def _whole_number(key: str, value: Any, *, maximum: int) -> int:
+def _whole_number(key: str, value: Any, rule: contract.WholeNumber) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{key} must be a whole number, not {value!r}")
-    if not 1 <= value <= maximum:
-        raise BadRequest(f"{key} must be between 1 and {maximum}, not {value}")
+    if not rule.minimum <= value <= rule.maximum:
+        raise BadRequest(f"{key} must be between {rule.minimum} and {rule.maximum}, not {value}")
     return value
 
 
-def _memory_mb(key: str, value: Any) -> int:
+def _megabytes(key: str, value: Any, rule: contract.Gigabytes) -> int:
     if isinstance(value, str):
         try:
             value = float(value)
@@ -83,12 +86,12 @@ def _memory_mb(key: str, value: Any) -> int:
             raise BadRequest(f"{key} must be a number of gigabytes, not {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise BadRequest(f"{key} must be a number of gigabytes, not {value!r}")
-    if not 0 < value <= MAX_MEMORY_GB:
-        raise BadRequest(f"{key} must be more than 0 and at most {MAX_MEMORY_GB}, not {value}")
+    if not 0 < value <= rule.maximum:
+        raise BadRequest(f"{key} must be more than 0 and at most {rule.maximum}, not {value}")
     return max(1, round(value * 1024))
 
 
-def _arguments(key: str, value: Any) -> tuple[str, ...]:
+def _arguments(key: str, value: Any, rule: contract.Arguments) -> tuple[str, ...]:
     if isinstance(value, str):
         try:
             args = shlex.split(value)
@@ -98,8 +101,8 @@ def _arguments(key: str, value: Any) -> tuple[str, ...]:
         args = value
     else:
         raise BadRequest(f"{key} must be a string or a list of strings")
-    if len(args) > MAX_ARGS:
-        raise BadRequest(f"{key} has more than {MAX_ARGS} arguments")
+    if len(args) > rule.max_items:
+        raise BadRequest(f"{key} has more than {rule.max_items} arguments")
     for index, arg in enumerate(args):
         if not isinstance(arg, str):
             raise BadRequest(f"{key}[{index}] must be a string, not {type(arg).__name__}")
@@ -108,23 +111,31 @@ def _arguments(key: str, value: Any) -> tuple[str, ...]:
     return tuple(args)
 
 
-def _partition(key: str, value: Any) -> str:
-    name = _text(key, value, max_length=64)
-    if not PARTITION_PATTERN.match(name):
-        raise BadRequest(f"{key} may hold only letters, digits and _ . + -, not {name!r}")
-    return name
+def _jobconf_value(key: str, value: Any) -> Any:
+    """``value`` of jobconf ``key`` checked against the contract, as JobOptions holds it."""
+    rule = contract.JOBCONF[key].value
+    match rule:
+        case contract.Text():
+            return _text(key, value, rule)
+        case contract.WholeNumber():
+            return _whole_number(key, value, rule)
+        case contract.Gigabytes():
+            return _megabytes(key, value, rule)
+        case contract.Arguments():
+            return _arguments(key, value, rule)
 
 
-_JOBCONF_KEYS = (
-    "job_wdir",
-    "job_name",
-    "time_limit",
-    "partition",
-    "scale_cores",
-    "scale_memGB",
-    "scale_Nodes",
-    "jobfile_args",
-)
+# Which JobOptions field each jobconf key fills.
+_OPTION_FIELDS = {
+    "job_wdir": "working_dir",
+    "job_name": "name",
+    "time_limit": "time_limit_minutes",
+    "partition": "partition",
+    "scale_cores": "cores",
+    "scale_memGB": "memory_mb",
+    "scale_Nodes": "nodes",
+    "jobfile_args": "script_args",
+}
 
 
 def parse_jobconf(raw: Any) -> JobOptions:
@@ -136,34 +147,26 @@ def parse_jobconf(raw: Any) -> JobOptions:
             raw = json.loads(raw)
         except ValueError as exc:
             raise BadRequest(f"jobconf is not valid JSON: {exc}") from None
+        except RecursionError:  # nested deeper than the parser's stack
+            raise BadRequest("jobconf nests JSON too deeply; it is a flat JSON object") from None
     if not isinstance(raw, Mapping):
         raise BadRequest('jobconf must be a JSON object such as {"job_name": "hello"}')
-    unknown = [key for key in raw if key not in _JOBCONF_KEYS]
+    unknown = [key for key in raw if key not in contract.JOBCONF]
     if unknown:
         raise BadRequest(
-            f"unknown jobconf key {unknown[0]!r}; the keys are {', '.join(_JOBCONF_KEYS)}"
+            f"unknown jobconf key {unknown[0]!r}; the keys are {', '.join(contract.JOBCONF)}"
         )
-    conf = {key: value for key, value in raw.items() if value is not None}
-    return JobOptions(
-        working_dir=_text("job_wdir", conf["job_wdir"]) if "job_wdir" in conf else None,
-        name=_text("job_name", conf["job_name"], max_length=MAX_NAME)
-        if "job_name" in conf
-        else None,
-        time_limit_minutes=_whole_number("time_limit", conf["time_limit"], maximum=MAX_TIME_MINUTES)
-        if "time_limit" in conf
-        else None,
-        partition=_partition("partition", conf["partition"]) if "partition" in conf else None,
-        cores=_whole_number("scale_cores", conf["scale_cores"], maximum=MAX_CORES)
-        if "scale_cores" in conf
-        else None,
-        memory_mb=_memory_mb("scale_memGB", conf["scale_memGB"]) if "scale_memGB" in conf else None,
-        nodes=_whole_number("scale_Nodes", conf["scale_Nodes"], maximum=MAX_NODES)
-        if "scale_Nodes" in conf
-        else None,
-        script_args=_arguments("jobfile_args", conf["jobfile_args"])
-        if "jobfile_args" in conf
-        else (),
-    )
+    # Checked in the contract's order, so the first complaint does not depend on the body's.
+    options = {
+        _OPTION_FIELDS[key]: _jobconf_value(key, raw[key])
+        for key in contract.JOBCONF
+        if raw.get(key) is not None
+    }
+    return JobOptions(**options)
+
+
+def _submit_text(key: str, value: Any) -> str:
+    return _text(key, value, contract.text_rule(contract.SUBMIT, key))
 
 
 def parse_submission(fields: Mapping[str, Any], *, max_script_bytes: int) -> Submission:
@@ -186,8 +189,15 @@ def parse_submission(fields: Mapping[str, Any], *, max_script_bytes: int) -> Sub
             "jobfilepath goes with jobscript; with jobfile, the script is already there"
         )
     options = parse_jobconf(fields.get("jobconf"))
+    notify_url = fields.get("notify_url") or None
+    if notify_url is not None:
+        notify_url = _submit_text("notify_url", notify_url)
+        if not notify_url.lower().startswith(("http://", "https://")):
+            raise BadRequest("notify_url must be an http:// or https:// URL")
     if jobfile is not None:
-        return Submission(options=options, jobfile=_text("jobfile", jobfile))
+        return Submission(
+            options=options, jobfile=_submit_text("jobfile", jobfile), notify_url=notify_url
+        )
     if not isinstance(script, str):
         raise BadRequest("jobscript must be the script's text")
     if "\x00" in script:
@@ -199,15 +209,17 @@ def parse_submission(fields: Mapping[str, Any], *, max_script_bytes: int) -> Sub
     return Submission(
         options=options,
         script=script,
-        script_path=_text("jobfilepath", script_path) if script_path is not None else None,
+        script_path=_submit_text("jobfilepath", script_path) if script_path is not None else None,
+        notify_url=notify_url,
     )
 
 
 def parse_jobid(raw: Any) -> str:
-    """A job id as the scheduler knows it: digits, or an array task ``123_4``."""
+    """A job id as the scheduler knows it: digits, an array task ``123_4`` or a
+    heterogeneous job's component ``123+1``."""
     if not isinstance(raw, str | int) or isinstance(raw, bool):
         raise BadRequest("give the job id as jobid, e.g. jobid=4816214")
     jobid = str(raw).strip()
-    if not JOBID_PATTERN.match(jobid):
+    if not contract.JOBID.match(jobid):
         raise BadRequest(f"{jobid[:40]!r} is not a job id; a job id looks like 4816214")
     return jobid

@@ -8,6 +8,7 @@ from contextlib import closing
 import httpx
 import pytest
 
+from hpcgate.config import LimitsConfig
 from tests.conftest import CANARY, Server, error_of, ok_output, wait_for
 
 
@@ -47,9 +48,16 @@ def test_runs_as_the_user_with_groups_home_and_a_clean_environment(
     assert CANARY not in environment, "the service's own environment leaked into the user's"
 
 
-def test_command_past_its_timeout_is_killed_with_its_children(alice: httpx.Client) -> None:
+def tight_limits(server: Server) -> LimitsConfig:
+    config = server.config()
+    return config.machines["tight"].effective_limits(config.limits)
+
+
+def test_command_past_its_timeout_is_killed_with_its_children(
+    server: Server, alice: httpx.Client
+) -> None:
     answer = alice.post("/command/tight", data={"command": "sleep 777.5 & sleep 777.5; echo never"})
-    assert "did not finish within 1.5 s" in error_of(answer, 504)
+    assert f"did not finish within {tight_limits(server).timeout:g} s" in error_of(answer, 504)
 
     def gone() -> bool:
         found = subprocess.run(["pgrep", "-u", "alice", "-f", "sleep 777.5"], capture_output=True)
@@ -58,9 +66,9 @@ def test_command_past_its_timeout_is_killed_with_its_children(alice: httpx.Clien
     assert wait_for(gone, timeout=10, what="the command's processes to be killed")
 
 
-def test_output_past_the_cap_is_an_error(alice: httpx.Client) -> None:
+def test_output_past_the_cap_is_an_error(server: Server, alice: httpx.Client) -> None:
     message = error_of(alice.post("/command/tight", data={"command": "yes"}), 400)
-    assert "more than 4096 bytes" in message
+    assert f"more than {tight_limits(server).output_bytes} bytes" in message
 
 
 def test_a_missing_or_empty_command_is_400(alice: httpx.Client) -> None:

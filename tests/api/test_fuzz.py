@@ -32,15 +32,30 @@ def fuzzed(cluster: None, public_dir: Path) -> Iterator[Server]:
     stop_server(server)
 
 
-def test_schemathesis_finds_nothing(fuzzed: Server) -> None:
+# A webhook's destination is resolved and checked against the allow-list when it is
+# given: a well-formed URL of a host that does not resolve here is rightly a 400, which
+# no schema can express. The event stream never ends by design (tests/events cover it).
+SCHEMATHESIS_CONFIG = """
+[[operations]]
+include-path = "/api/subscriptions"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+"""
+
+
+def test_schemathesis_finds_nothing(fuzzed: Server, tmp_path: Path) -> None:
     local_server = fuzzed
     schemathesis = str(Path(sys.executable).parent / "schemathesis")  # the venv's own
     with local_server.client() as client:
         login = client.post("/auth", data={"username": "alice", "password": "wonderland"})
         token = login.json()["output"]["token"]
+    settings = tmp_path / "schemathesis.toml"
+    settings.write_text(SCHEMATHESIS_CONFIG)
     done = subprocess.run(
         [
             schemathesis,
+            "--config-file",
+            str(settings),
             "run",
             f"{local_server.url}/api/openapi.json",
             "--header",
@@ -51,12 +66,14 @@ def test_schemathesis_finds_nothing(fuzzed: Server) -> None:
             "20261127",
             "--request-timeout",
             "60",
+            "--exclude-path",
+            "/api/events",
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stdout[-4000:]
+    assert done.returncode == 0, done.stdout[-6000:]
 
 
 @pytest.fixture

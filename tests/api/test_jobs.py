@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import pwd
 import re
+import secrets
 import subprocess
+import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +243,16 @@ def test_bob_can_neither_inspect_nor_kill_alices_job(
     ok_output(alice.delete(f"/job/ln3/{jobid}"))
 
 
-def test_renamed_scheduler_commands(alice: httpx.Client) -> None:
-    jobid = submit(alice, "renamed", jobscript="#!/bin/bash\nexit 0\n")
-    assert jobid in queue(alice, "renamed")["id"] or detail(alice, jobid, "renamed")
+def test_renamed_scheduler_commands(alice: httpx.Client, public_dir: Path) -> None:
+    # the job cannot end before the test has seen it listed: it waits for this file
+    go = public_dir / f"go-{secrets.token_hex(4)}"
+    jobid = submit(
+        alice, "renamed", jobscript=f"#!/bin/bash\nuntil [ -e {go} ]; do sleep 0.1; done\n"
+    )
+    try:
+        assert jobid in queue(alice, "renamed")["id"]
+    finally:
+        go.touch()
     rows = wait_status(alice, jobid, "Completed")
     assert rows["exitcode"][jobid] == "0:0"
 
@@ -281,13 +291,32 @@ def test_server_log_has_no_tracebacks(server: Server) -> None:
     assert "Traceback" not in server.log()
 
 
+def timed_queue(client: httpx.Client) -> tuple[dict[str, dict[str, Any]], float, bool]:
+    """Alice's listing on ln3, when its data was read (epoch s), and whether it was read
+    before the request was sent, i.e. came from a snapshot (a live one is read after)."""
+    asked = time.time()
+    answer = client.get("/job/ln3/")
+    taken = datetime.fromisoformat(answer.headers["X-Data-Taken"]).timestamp()
+    return ok_output(answer), taken, taken < asked
+
+
 def test_a_reused_listing_never_hides_your_own_submit_or_kill(alice: httpx.Client) -> None:
-    queue(alice)  # served from the snapshot, and now kept encoded
+    # once a snapshot serves alice, its encoded listing is kept for reuse
+    wait_for(lambda: timed_queue(alice)[2], what="a snapshot to serve alice's listing")
     jobid = submit(alice, jobscript=SLEEPER)
-    assert jobid in queue(alice)["id"], "a live listing right after the submit"
+    assert jobid in timed_queue(alice)[0]["id"], "the listing right after the submit"
+
+    def snapshot_lists_it() -> bool:
+        listing, _, from_snapshot = timed_queue(alice)
+        return from_snapshot and jobid in listing["id"]
+
+    # a snapshot newer than the submit serves her again, showing the job queued or running
+    wait_for(snapshot_lists_it, what=f"a snapshot that lists job {jobid} to serve alice")
+    before_kill = time.time()
     ok_output(alice.delete(f"/job/ln3/{jobid}"))
-    listing = queue(alice)
-    assert jobid not in listing["id"] or listing["status"][jobid] != "Pending", "nor the kill"
+    listing, taken, _ = timed_queue(alice)
+    assert taken > before_kill, "the listing right after the kill was read before it"
+    assert listing["status"].get(jobid) not in ("Pending", "Running"), "the kill is shown"
 
 
 def test_queue_bodies_are_encoded_once_per_snapshot() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from hpcgate import contract
+
 
 def test_openapi_documents_every_route_with_the_spec_examples(anonymous: httpx.Client) -> None:
     document = anonymous.get("/openapi.json").json()
@@ -24,6 +26,12 @@ def test_openapi_documents_every_route_with_the_spec_examples(anonymous: httpx.C
         "status_code": 200,
         "error": "",
     }
+    as_json = submit["requestBody"]["content"]["application/json"]["schema"]
+    jobconf = as_json["properties"]["jobconf"]
+    (as_object,) = [option for option in jobconf["anyOf"] if option.get("type") == "object"]
+    assert list(as_object["properties"]) == list(contract.JOBCONF)
+    kill = paths["/api/job/{name}"]["delete"]["requestBody"]["content"]["application/json"]
+    assert kill["schema"]["properties"]["jobid"]["pattern"] == contract.JOBID_PATTERN
     listing = paths["/api/job/{name}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert listing["example"]["output"]["nodelist"]["4816213"] == "(Priority)"
 

@@ -46,3 +46,10 @@ def test_a_users_file_entry_without_a_hash_is_refused(tmp_path: Path) -> None:
     path.write_text("[users.x]\nunix_account = 'x'\n")
     with pytest.raises(ValueError, match=r"users\.x needs a password_hash"):
         UsersFileAuthenticator(path)
+
+
+def test_the_account_a_name_maps_to_is_known_without_the_password(users_file: Path) -> None:
+    users = UsersFileAuthenticator(users_file)
+    assert users.unix_account("ali") == "alice"
+    assert users.unix_account("unknown") is None
+    assert PamAuthenticator().unix_account("root") == "root"  # PAM: the name itself

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from hpcgate.auth.sessions import MemorySessionStore, SessionStore
-from hpcgate.status.redis_store import RedisSessionStore, RedisStore
+from hpcgate.stores.base import SessionStore
+from hpcgate.stores.memory import MemorySessionStore
+from hpcgate.stores.redis import RedisSessionStore, RedisStore
 from tests.conftest import REDIS_URL
 
 

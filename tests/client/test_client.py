@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,16 +139,23 @@ def test_reads_and_keyed_submits_are_retried_kills_are_not() -> None:
         assert [r.method for r in seen] == ["DELETE"], "a kill is never sent twice"
 
 
-def test_async_client(server: Server) -> None:
+def test_async_client(server: Server, public_dir: Path) -> None:
+    # the job cannot end before the test has seen it listed: it waits for this file
+    go = public_dir / f"go-{secrets.token_hex(4)}"
+    script = f"#!/bin/bash\nuntil [ -e {go} ]; do sleep 0.1; done\n"
+
     async def body() -> None:
         async with AsyncClient(server.url) as client:
             await client.login("bob", PASSWORDS["bob"])
-            jobid = await client.submit("ln3", script="#!/bin/bash\ntrue\n", name="async")
-            listed, machines = await asyncio.gather(client.queue("ln3"), client.status())
+            jobid = await client.submit("ln3", script=script, name="async")
+            try:
+                listed, machines = await asyncio.gather(client.queue("ln3"), client.status())
+            finally:
+                go.touch()
             assert "ln3" in [m.name for m in machines]
+            assert [j.state for j in listed if j.id == jobid] in (["Pending"], ["Running"])
             job = await client.wait("ln3", jobid, timeout=120)
             assert job.succeeded and job.name == "async"
-            assert jobid in [j.id for j in listed] or job.finished
             await client.logout()
             with pytest.raises(NotLoggedIn):
                 await client.queue("ln3")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,9 +13,17 @@ import pytest
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.errors import BadRequest, Forbidden, TimedOut
-from hpcgate.runners.base import Limits
+from hpcgate.process import Limits
+from hpcgate.runners.containment import Containment
 from hpcgate.runners.local import LocalRunner
 from tests.conftest import wait_for
+from tests.runners.leftovers import (
+    ESCAPES,
+    alices,
+    assert_nothing_left,
+    open_descriptors,
+    unique_sleep,
+)
 
 LIMITS = Limits(timeout=10, output_bytes=1024 * 1024)
 
@@ -150,3 +159,80 @@ def test_write_file_refusals(runner: LocalRunner, alice: UnixAccount) -> None:
     assert not os.path.exists("/root/nope.sh")
     with pytest.raises(BadRequest, match="Is a directory"):
         run(runner.write_file(alice, alice.home, b"x", limits=LIMITS))
+
+
+# --- containment: nothing an action started outlives it (issue 12) ---------------------
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_finished_command_leaves_nothing_running(
+    runner: LocalRunner, alice: UnixAccount, escape: str
+) -> None:
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    line = ESCAPES[escape].format(sleep=sleep) + "\necho started"
+    done = run(runner.run_command_line(alice, line, limits=Limits(20, 4096)))
+    assert (done.returncode, done.stdout) == (0, "started\n"), "it returns when its shell exits"
+    assert_nothing_left(sleep, baseline)
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_timed_out_command_leaves_nothing_running(
+    runner: LocalRunner, alice: UnixAccount, escape: str
+) -> None:
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    line = ESCAPES[escape].format(sleep=sleep) + f"\n{sleep}"
+    with pytest.raises(TimedOut):
+        run(runner.run_command_line(alice, line, limits=Limits(1, 4096)))
+    assert_nothing_left(sleep, baseline)
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_an_abandoned_command_leaves_nothing_running(
+    runner: LocalRunner, alice: UnixAccount, escape: str
+) -> None:
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    line = ESCAPES[escape].format(sleep=sleep) + f"\n{sleep}"
+
+    async def client_goes_away() -> None:
+        action = asyncio.create_task(runner.run_command_line(alice, line, limits=LIMITS))
+        while len(alices(sleep)) < 2:  # both sleeps started
+            await asyncio.sleep(0.05)
+        action.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await action
+
+    run(client_goes_away())
+    assert_nothing_left(sleep, baseline)
+
+
+def test_an_action_may_not_start_hundreds_of_processes(
+    runner: LocalRunner, alice: UnixAccount
+) -> None:
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    bomb = f"for i in $(seq 400); do {sleep} & done; wait"
+    done = run(runner.run(alice, ["sh", "-c", bomb], limits=Limits(20, 65536, max_processes=50)))
+    assert done.returncode != 0 and "fork" in done.stderr, done.stderr[-300:]
+    assert_nothing_left(sleep, baseline)
+
+
+def test_without_cgroups_leftovers_are_still_killed(alice: UnixAccount) -> None:
+    fallback = Containment(prlimit=shutil.which("prlimit"))  # as if no cgroup could be made
+    runner = LocalRunner(containment=fallback)
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    line = "\n".join(escape.format(sleep=sleep) for escape in ESCAPES.values())
+    done = run(runner.run_command_line(alice, line + "\necho started", limits=Limits(20, 4096)))
+    assert (done.returncode, done.stdout) == (0, "started\n")
+    assert_nothing_left(sleep, baseline)
+
+    bomb = f"for i in $(seq 400); do {sleep} & done; wait"
+    try:
+        done = run(runner.run(alice, ["sh", "-c", bomb], limits=Limits(20, 65536, 50)))
+        assert done.returncode != 0 and "fork" in done.stderr, done.stderr[-300:]
+    except BadRequest as refused:  # RLIMIT_NPROC counts all of alice's processes on the host
+        assert "too many processes" in refused.message
+    assert_nothing_left(sleep, baseline)

@@ -14,17 +14,21 @@ import asyncssh
 import pytest
 
 from hpcgate.accounts import UnixAccount
+from hpcgate.config import ConfigError, MachineConfig
 from hpcgate.errors import BadRequest, TimedOut, Unavailable
-from hpcgate.runners.base import Limits
-from hpcgate.runners.ssh import (
-    CertificateAuthority,
-    ConnectionPool,
-    LoginHost,
-    PoolSettings,
-    SshRunner,
-)
+from hpcgate.plugins import BuildContext
+from hpcgate.process import Limits
+from hpcgate.runners.ssh import CertificateAuthority, SshRunner
+from hpcgate.runners.ssh.pool import ConnectionPool, LoginHost, PoolSettings
 from tests.conftest import free_port, wait_for
 from tests.login_nodes import LoginNodes
+from tests.runners.leftovers import (
+    ESCAPES,
+    alices,
+    assert_nothing_left,
+    open_descriptors,
+    unique_sleep,
+)
 
 LIMITS = Limits(timeout=20, output_bytes=1024 * 1024)
 
@@ -265,3 +269,137 @@ def test_the_connection_cap_evicts_idle_connections_and_refuses_when_all_are_bus
         await runner.pool.close()
 
     run(body())
+
+
+# --- containment on the login node: nothing an action started outlives it (issue 12) ---
+
+
+async def warm(runner: SshRunner, alice: UnixAccount) -> int:
+    """The gateway's descriptors once alice's pooled connection is open."""
+    await runner.run(alice, ["true"], limits=LIMITS)
+    return open_descriptors()
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_finished_remote_command_leaves_nothing_running(
+    nodes: LoginNodes, alice: UnixAccount, escape: str
+) -> None:
+    runner = make_runner(nodes)
+    sleep = unique_sleep()
+    line = ESCAPES[escape].format(sleep=sleep) + "\necho started"
+
+    async def body() -> int:
+        baseline = await warm(runner, alice)
+        done = await runner.run_command_line(alice, line, limits=Limits(20, 4096))
+        assert (done.returncode, done.stdout) == (0, "started\n"), "it returns when its shell exits"
+        assert_nothing_left(sleep, baseline)
+        await runner.close()
+        return baseline
+
+    run(body())
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_timed_out_or_abandoned_remote_command_leaves_nothing_running(
+    nodes: LoginNodes, alice: UnixAccount, escape: str
+) -> None:
+    runner = make_runner(nodes)
+    sleep = unique_sleep()
+    line = ESCAPES[escape].format(sleep=sleep) + f"\n{sleep}"
+
+    async def body() -> None:
+        baseline = await warm(runner, alice)
+        with pytest.raises(TimedOut):
+            await runner.run_command_line(alice, line, limits=Limits(1, 4096))
+        assert_nothing_left(sleep, baseline)
+
+        action = asyncio.create_task(runner.run_command_line(alice, line, limits=LIMITS))
+        while len(alices(sleep)) < 2:  # both sleeps started
+            await asyncio.sleep(0.05)
+        action.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await action
+        assert_nothing_left(sleep, baseline)
+        await runner.close()
+
+    run(body())
+
+
+def test_a_remote_action_may_not_start_hundreds_of_processes(
+    nodes: LoginNodes, alice: UnixAccount
+) -> None:
+    runner = make_runner(nodes)
+    sleep = unique_sleep()
+    bomb = f"for i in $(seq 400); do {sleep} & done; wait"
+
+    async def body() -> None:
+        baseline = await warm(runner, alice)
+        limits = Limits(20, 65536, max_processes=50)
+        done = await runner.run(alice, ["sh", "-c", bomb], limits=limits)
+        assert done.returncode != 0 and "fork" in done.stderr, done.stderr[-300:]
+        assert_nothing_left(sleep, baseline)
+        await runner.close()
+
+    run(body())
+
+
+def test_close_ends_every_connection_and_may_be_called_twice(
+    nodes: LoginNodes, alice: UnixAccount
+) -> None:
+    runner = make_runner(nodes, idle_timeout=300)
+
+    async def body() -> None:
+        baseline = open_descriptors()
+        await runner.run(alice, ["true"], limits=LIMITS)
+        (pooled,) = runner.pool._pooled.values()
+        await runner.close()
+        await runner.close()
+        assert pooled.connection.is_closed() and len(runner.pool) == 0
+        assert runner.pool._reaper is None
+        assert open_descriptors() == baseline
+
+    run(body())
+
+
+def machine_config(nodes: LoginNodes, **ssh: object) -> MachineConfig:
+    settings = {
+        "hosts": [f"127.0.0.1:{port}" for port in nodes.ports],
+        "known_hosts": nodes.known_hosts,
+        "ca_key": nodes.ca_key,
+    } | ssh
+    return MachineConfig(runner="ssh", ssh=settings)
+
+
+def test_from_config_shares_one_authority_per_gateway(nodes: LoginNodes) -> None:
+    context = BuildContext()
+    first = SshRunner.from_config("ln3", machine_config(nodes), context)
+    second = SshRunner.from_config("ln4", machine_config(nodes), context)
+    other_gateway = SshRunner.from_config("ln3", machine_config(nodes), BuildContext())
+    assert first.pool.authority is second.pool.authority
+    assert other_gateway.pool.authority is not first.pool.authority, "no process-wide cache"
+    assert [str(host) for host in first.hosts] == [f"127.0.0.1:{p}" for p in nodes.ports]
+
+
+def test_from_config_names_the_wrong_setting_and_the_fix(nodes: LoginNodes, tmp_path: Path) -> None:
+    def refused(**ssh: object) -> str:
+        with pytest.raises(ConfigError) as raised:
+            SshRunner.from_config("ln3", machine_config(nodes, **ssh), BuildContext())
+        message = str(raised.value)
+        assert "\n" not in message
+        return message
+
+    missing = tmp_path / "nope"
+    assert refused(known_hosts=missing).startswith(
+        f"machines.ln3.ssh.known_hosts: {missing} does not exist; create it with ssh-keyscan"
+    )
+    assert refused(ca_key=missing).startswith(
+        f"machines.ln3.ssh.ca_key: {missing} does not exist; make one with ssh-keygen"
+    )
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    assert refused(ca_key=garbage).startswith(
+        f"machines.ln3.ssh.ca_key: {garbage} is not an unencrypted SSH private key"
+    )
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()  # even root cannot read a directory as a key
+    assert "machines.ln3.ssh.ca_key: cannot read" in refused(ca_key=unreadable)

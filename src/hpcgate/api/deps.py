@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from hpcgate.accounts import UnixAccount
-from hpcgate.auth.sessions import Session
 from hpcgate.errors import Forbidden, GatewayError
 from hpcgate.gateway import Gateway
-from hpcgate.machine import Machine
+from hpcgate.services.machine import Machine
+from hpcgate.stores.base import Session
 
 COOKIE_NAME = "newt_sessionid"
 

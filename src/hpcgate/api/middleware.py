@@ -41,7 +41,11 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers += self.extra if docs else [*self.extra, _API_CSP]
+                # a response that sets one of these itself (the dashboard's pages: their
+                # own CSP, cacheable static files) keeps its own
+                own = {name.lower() for name, _ in headers}
+                extra = self.extra if docs else [*self.extra, _API_CSP]
+                headers += [header for header in extra if header[0] not in own]
                 message["headers"] = headers
             await send(message)
 
@@ -100,6 +104,7 @@ class AuditLog:
             "status": status,
             "outcome": "ok" if status < 400 else "error",
             "seconds": round(seconds, 4),
+            "request_id": state.get("request_id"),  # set by hpcgate.api.observe.Observe
         }
         assert self.stream is not None
         try:

@@ -1,11 +1,14 @@
-"""Shapes for the OpenAPI document: request bodies and the spec's own examples."""
+"""Shapes for the OpenAPI document: request bodies, built from :mod:`hpcgate.contract`,
+and the spec's own examples."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from hpcgate import contract
 
 
 class Envelope(BaseModel):
@@ -17,50 +20,56 @@ class Envelope(BaseModel):
     error: str = Field("", examples=[""])
 
 
-class LoginBody(BaseModel):
-    username: str = Field(
-        min_length=1,
-        max_length=256,
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$",
-        examples=["alice"],
-    )
-    password: str = Field(min_length=1, max_length=4096, examples=["wonderland"])
+def _value_type(value: contract.Value) -> Any:
+    """The type of a contract value, with its bounds, as pydantic writes JSON Schema."""
+    match value:
+        case contract.Text():
+            return Annotated[
+                str,
+                Field(
+                    min_length=value.min_length or None,
+                    max_length=value.max_length,
+                    pattern=value.pattern,
+                ),
+            ]
+        case contract.WholeNumber():
+            return Annotated[int, Field(ge=value.minimum, le=value.maximum)]
+        case contract.Gigabytes():
+            return Annotated[float, Field(gt=0, le=value.maximum)]
+        case contract.Arguments():
+            return str | Annotated[list[str], Field(max_length=value.max_items)]
 
 
-class CommandBody(BaseModel):
-    command: str = Field(
-        description="a command line, run by the user's own shell", examples=["ls /root"]
-    )
+JobConf = create_model(  # type: ignore[call-overload]
+    "JobConf",
+    __doc__=contract.JOBCONF_MEANING,
+    **{
+        key: (_value_type(spec.value) | None, Field(None, description=spec.meaning))
+        for key, spec in contract.JOBCONF.items()
+    },
+)
 
 
-class JobConf(BaseModel):
-    """Optional job parameters; only the keys you set are passed to the scheduler."""
-
-    job_wdir: str | None = Field(None, description="working directory")
-    job_name: str | None = Field(None, description="job name")
-    time_limit: int | None = Field(None, description="run-time limit, minutes")
-    partition: str | None = Field(None, description="partition")
-    scale_cores: int | None = Field(None, description="number of cores (tasks)")
-    scale_memGB: float | None = Field(None, description="memory per node, GB")
-    scale_Nodes: int | None = Field(None, description="number of nodes")
-    jobfile_args: str | list[str] | None = Field(None, description="arguments after the script")
-
-
-class SubmitBody(BaseModel):
-    """Either jobscript (+ optional jobfilepath) or jobfile. Form fields or JSON."""
-
-    jobscript: str | None = Field(None, examples=["#!/bin/bash\necho hello\n"])
-    jobfilepath: str | None = Field(
-        None, description="where to write jobscript; default ~/newt/<generated>.sh"
-    )
-    jobfile: str | None = Field(None, description="a script already on the machine")
-    jobconf: JobConf | str | None = Field(
-        None, description="a JSON object, or (form-encoded) a JSON string of one"
-    )
+def _form_model(form: contract.Form) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, spec in form.fields.items():
+        if isinstance(spec.value, contract.JobconfObject):
+            kind: Any = JobConf | str
+        else:
+            kind = _value_type(spec.value)
+        examples = [spec.example] if spec.example is not None else None
+        if spec.required:
+            fields[name] = (kind, Field(description=spec.meaning, examples=examples))
+        else:
+            fields[name] = (kind | None, Field(None, description=spec.meaning, examples=examples))
+    model: type[BaseModel] = create_model(form.name, __doc__=form.meaning, **fields)
+    return model
 
 
-class KillBody(BaseModel):
-    jobid: str = Field(pattern=r"^[0-9]{1,12}(_[0-9]{1,9})?$", examples=["4816214"])
+LoginBody = _form_model(contract.LOGIN)
+CommandBody = _form_model(contract.COMMAND)
+SubmitBody = _form_model(contract.SUBMIT)
+KillBody = _form_model(contract.KILL)
 
 
 def _inline(node: Any, definitions: dict[str, Any]) -> Any:
@@ -179,4 +188,81 @@ LOGIN_EXAMPLE = {
 }
 
 MACHINE: Any = Path(description="a configured machine", examples=["ln3"])
-JOBID: Any = Path(description="a job id", examples=["4816214"])
+JOBID: Any = Path(
+    description="a job id",
+    examples=["4816214"],
+    # Documented only: a malformed id gets the gateway's own 400, not FastAPI's 422.
+    json_schema_extra={"pattern": contract.JOBID_PATTERN},
+)
+
+
+class SubscriptionBody(BaseModel):
+    """POST /api/subscriptions, as JSON or a form."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="where to POST each event: http(s); private, loopback and link-local "
+        "addresses are refused unless the gateway's webhooks.allow lets them",
+        examples=["https://ci.example.org/hooks/hpcgate"],
+    )
+    types: str | None = Field(
+        None,
+        max_length=1000,
+        description="event types, comma-separated (default: all), e.g. "
+        "org.hpcgate.job.completed,org.hpcgate.job.failed",
+    )
+    machine: str | None = Field(None, max_length=64, description="only this machine's jobs")
+    jobid: str | None = Field(None, max_length=40, description="only this job's events")
+    expires_in: int | None = Field(None, ge=1, description="seconds the subscription lasts")
+
+
+SUBSCRIPTION_EXAMPLE: dict[str, Any] = {
+    "id": "3f6c0a...",
+    "url": "https://ci.example.org/hooks/hpcgate",
+    "types": ["org.hpcgate.job.completed"],
+    "machine": "ln3",
+    "jobid": None,
+    "created": "2026-11-27T00:30:01.123456Z",
+    "expires": "2026-12-04T00:30:01.123456Z",
+    "status": "active",
+    "disabled_reason": "",
+    "failures": 0,
+}
+DELIVERY_EXAMPLE: dict[str, Any] = {
+    "event_id": "42",
+    "type": "org.hpcgate.job.completed",
+    "subject": "ln3/4816214",
+    "attempt": 1,
+    "time": 1795891801.123,
+    "status": 200,
+    "error": "",
+    "seconds": 0.031,
+    "outcome": "delivered",
+}
+EVENT_EXAMPLE: dict[str, Any] = {
+    "specversion": "1.0",
+    "id": "42",
+    "source": "/api/job/ln3",
+    "type": "org.hpcgate.job.completed",
+    "subject": "ln3/4816214",
+    "time": "2026-11-27T00:30:01.123456Z",
+    "datacontenttype": "application/json",
+    "data": {"machine": "ln3", "jobid": "4816214", "state": "COMPLETED"},
+}
+
+
+def streamed(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """``responses`` whose success may also come as Server-Sent Events."""
+    success = responses[200]
+    event = {
+        "type": "object",
+        "description": "one Server-Sent Event: its id (for Last-Event-ID) and data",
+        "properties": {
+            "id": {"type": "string"},
+            "event": {"type": "string"},
+            "data": {"type": "string", "description": "a CloudEvents 1.0 JSON object"},
+        },
+    }
+    content = {**success["content"], "text/event-stream": {"schema": event}}
+    return {**responses, 200: {**success, "content": content}}

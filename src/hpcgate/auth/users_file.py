@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from hpcgate.auth.base import Authenticator
+from hpcgate.config import AuthConfig, ConfigError
 
 _hasher = PasswordHasher()
 
@@ -38,12 +40,20 @@ class _Entry:
 class UsersFileAuthenticator(Authenticator):
     """Users and argon2 hashes from a TOML file, each mapped to a Unix account."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 4) -> None:
         self.path = path
+        # argon2 takes 64 MiB and tens of ms per check: a bounded pool of its own.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hpcgate-argon2")
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, _Entry] = {}
         self._dummy_hash = _hasher.hash("an equaliser for unknown names")
         self._load()
+
+    @classmethod
+    def from_config(cls, config: AuthConfig) -> UsersFileAuthenticator:
+        if config.users_file is None:
+            raise ConfigError("auth.backend = 'users_file' needs auth.users_file = '<path>'")
+        return cls(config.users_file, config.login_threads)
 
     def _load(self) -> None:
         stat = self.path.stat()
@@ -69,4 +79,11 @@ class UsersFileAuthenticator(Authenticator):
         return entry.unix_account if entry else None
 
     async def authenticate(self, username: str, password: str) -> str | None:
-        return await asyncio.to_thread(self._check, username, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._check, username, password)
+
+    def unix_account(self, username: str) -> str | None:
+        """The account the file maps ``username`` to; None for a name it does not list."""
+        self._load()
+        entry = self._users.get(username)
+        return entry.unix_account if entry else None

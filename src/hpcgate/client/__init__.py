@@ -23,6 +23,7 @@ from hpcgate.client.errors import (
     Unavailable,
     WaitTimedOut,
 )
+from hpcgate.client.files import FileEntry, JobOutput
 from hpcgate.client.models import CommandResult, Job, MachineStatus, Step
 
 __all__ = [
@@ -32,9 +33,11 @@ __all__ = [
     "CommandResult",
     "Conflict",
     "ConnectionFailed",
+    "FileEntry",
     "Forbidden",
     "GatewayError",
     "Job",
+    "JobOutput",
     "MachineStatus",
     "NotFound",
     "NotLoggedIn",

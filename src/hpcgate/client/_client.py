@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
 import httpx
 
 from hpcgate.client import calls
-from hpcgate.client.errors import ConnectionFailed, Unavailable, WaitTimedOut
+from hpcgate.client import events as job_events
+from hpcgate.client.errors import ConnectionFailed, NotFound, Unavailable, WaitTimedOut
+from hpcgate.client.files import AsyncFileMethods, FileMethods
 from hpcgate.client.models import CommandResult, Job, MachineStatus
 
 T = TypeVar("T")
@@ -47,6 +50,66 @@ class _WaitPolicy:
         self.pause = min(self.longest, self.pause * 1.5)
         return pause
 
+    def check(self, machine: str, jobid: str) -> None:
+        """WaitTimedOut once the deadline has passed."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise WaitTimedOut(f"job {jobid} on {machine} did not finish within {self.timeout:g} s")
+
+    def at_most(self, seconds: float) -> float:
+        """``seconds``, or less if the deadline comes first."""
+        if self.deadline is None:
+            return seconds
+        return max(0.0, min(seconds, self.deadline - time.monotonic()))
+
+    def read_timeout(self, machine: str, jobid: str) -> float:
+        """How long the job's event stream may stay silent before it is reopened."""
+        self.check(machine, jobid)
+        return max(0.1, self.at_most(STREAM_READ_TIMEOUT))
+
+
+STREAM_READ_TIMEOUT = 60.0  # heartbeats come every 15 s by default: a silent minute is dead
+RECHECK_SECONDS = 300.0
+"""How often ``wait`` looks at the job itself while following its events (against an
+event the gateway could not see, such as one that ended while no monitor ran yet)."""
+
+
+def _stream_request(
+    machine: str | None,
+    jobid: str | None,
+    types: list[str] | None,
+    last: str | None,
+    read: float = STREAM_READ_TIMEOUT,
+) -> dict[str, Any]:
+    headers = {"Accept": "text/event-stream"}
+    if last:
+        headers["Last-Event-ID"] = last
+    return {
+        "params": job_events.params(machine, jobid, types, None),
+        "headers": headers,
+        "timeout": httpx.Timeout(30.0, read=read),
+    }
+
+
+class _Following:
+    """Where ``wait`` is in the job's event stream, across reconnections."""
+
+    def __init__(self) -> None:
+        self.last = "0"  # from the oldest kept event: the job may have ended meanwhile
+        self.attempt = 0
+        self.since = time.monotonic()
+
+    def pause(self, policy: _WaitPolicy) -> float:
+        """Before reconnecting after a failure: backs off, never past the deadline."""
+        pause = policy.at_most(_backoff(self.attempt))
+        self.attempt = min(self.attempt + 1, 4)
+        return pause
+
+    def due_for_recheck(self) -> bool:
+        if time.monotonic() - self.since < RECHECK_SECONDS:
+            return False
+        self.since = time.monotonic()
+        return True
+
 
 class _TokenHolder:
     """The bearer token both clients send, kept in their httpx client's headers."""
@@ -67,7 +130,7 @@ class _TokenHolder:
             self._http.headers.pop("Authorization", None)
 
 
-class Client(_TokenHolder):
+class Client(_TokenHolder, FileMethods):
     """A blocking client of an hpcgate gateway.
 
     >>> with Client("https://gateway.example.org") as gw:  # doctest: +SKIP
@@ -175,11 +238,15 @@ class Client(_TokenHolder):
         return self._send(calls.status())
 
     def wait(self, machine: str, jobid: str, *, timeout: float | None = None) -> Job:
-        """Poll (with backoff) until the job reaches a final state; returns it.
+        """Wait until the job reaches a final state; returns it.
 
-        Raises WaitTimedOut after ``timeout`` seconds; the job itself is left alone.
+        Follows the job's events on the gateway's stream (``GET /api/events``) when the
+        gateway offers one, so nothing polls; on a gateway without job events, polls the
+        job with backoff. Raises WaitTimedOut after ``timeout`` seconds; the job itself is
+        left alone.
         """
         policy = _WaitPolicy(timeout)
+        following: _Following | None = _Following()
         while True:
             try:
                 job = self.job(machine, jobid)
@@ -187,7 +254,68 @@ class Client(_TokenHolder):
                     return job
             except Unavailable:
                 pass  # a scheduler hiccup is no reason to stop waiting
-            time.sleep(policy.next_pause(machine, str(jobid)))
+            if following is not None and self._follow_to_end(
+                machine, str(jobid), policy, following
+            ):
+                following = None  # the final event came (or never will): poll until it shows
+            if following is None:
+                time.sleep(policy.next_pause(machine, str(jobid)))
+
+    def _follow_to_end(
+        self, machine: str, jobid: str, policy: _WaitPolicy, following: _Following
+    ) -> bool:
+        """Follow the job's events until its final one (True), or until it is time to
+        look at the job again (False); True at once from a gateway without job events."""
+        while True:
+            read = policy.read_timeout(machine, jobid)
+            request = _stream_request(machine, jobid, None, following.last, read)
+            try:
+                with self._http.stream("GET", "/events", **request) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        calls.output_of(response)
+                    following.attempt = 0
+                    for event in job_events.events_and_beats(response.iter_lines()):
+                        policy.check(machine, jobid)
+                        if event is not None:
+                            following.last = event.id
+                            if event.final:
+                                return True
+                        elif following.due_for_recheck():
+                            return False
+            except NotFound:
+                return True
+            except (httpx.TransportError, job_events.Dropped, Unavailable):
+                pass
+            time.sleep(following.pause(policy))
+
+    def events(
+        self,
+        machine: str | None = None,
+        jobid: str | None = None,
+        *,
+        types: list[str] | None = None,
+        after: str | None = None,
+    ) -> Iterator[job_events.Event]:
+        """Your job events as they come (optionally of one machine, one job, some types
+        such as ``completed``), after event id ``after`` if given. Reconnects after a
+        dropped connection and resumes where it left off; stop by leaving the loop."""
+        last, attempt = after, 0
+        while True:
+            try:
+                request = _stream_request(machine, jobid, types, last)
+                with self._http.stream("GET", "/events", **request) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        calls.output_of(response)
+                    attempt = 0
+                    for event in job_events.read_lines(response.iter_lines()):
+                        last = event.id
+                        yield event
+            except (httpx.TransportError, job_events.Dropped, Unavailable):
+                pass
+            time.sleep(_backoff(attempt))
+            attempt = min(attempt + 1, 4)
 
     def close(self) -> None:
         self._http.close()
@@ -199,7 +327,7 @@ class Client(_TokenHolder):
         self.close()
 
 
-class AsyncClient(_TokenHolder):
+class AsyncClient(_TokenHolder, AsyncFileMethods):
     """The same API as :class:`Client`, for asyncio code (``await gw.submit(...)``)."""
 
     _http: httpx.AsyncClient
@@ -282,7 +410,9 @@ class AsyncClient(_TokenHolder):
         return await self._send(calls.status())
 
     async def wait(self, machine: str, jobid: str, *, timeout: float | None = None) -> Job:
+        """As :meth:`Client.wait`: follows the job's events, else polls."""
         policy = _WaitPolicy(timeout)
+        following: _Following | None = _Following()
         while True:
             try:
                 job = await self.job(machine, jobid)
@@ -290,7 +420,65 @@ class AsyncClient(_TokenHolder):
                     return job
             except Unavailable:
                 pass
-            await asyncio.sleep(policy.next_pause(machine, str(jobid)))
+            if following is not None and await self._follow_to_end(
+                machine, str(jobid), policy, following
+            ):
+                following = None
+            if following is None:
+                await asyncio.sleep(policy.next_pause(machine, str(jobid)))
+
+    async def _follow_to_end(
+        self, machine: str, jobid: str, policy: _WaitPolicy, following: _Following
+    ) -> bool:
+        """As :meth:`Client._follow_to_end`."""
+        while True:
+            read = policy.read_timeout(machine, jobid)
+            request = _stream_request(machine, jobid, None, following.last, read)
+            try:
+                async with self._http.stream("GET", "/events", **request) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        calls.output_of(response)
+                    following.attempt = 0
+                    async for event in job_events.aevents_and_beats(response.aiter_lines()):
+                        policy.check(machine, jobid)
+                        if event is not None:
+                            following.last = event.id
+                            if event.final:
+                                return True
+                        elif following.due_for_recheck():
+                            return False
+            except NotFound:
+                return True
+            except (httpx.TransportError, job_events.Dropped, Unavailable):
+                pass
+            await asyncio.sleep(following.pause(policy))
+
+    async def events(
+        self,
+        machine: str | None = None,
+        jobid: str | None = None,
+        *,
+        types: list[str] | None = None,
+        after: str | None = None,
+    ) -> AsyncIterator[job_events.Event]:
+        """As :meth:`Client.events`, for ``async for``."""
+        last, attempt = after, 0
+        while True:
+            try:
+                request = _stream_request(machine, jobid, types, last)
+                async with self._http.stream("GET", "/events", **request) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        calls.output_of(response)
+                    attempt = 0
+                    async for event in job_events.aread_lines(response.aiter_lines()):
+                        last = event.id
+                        yield event
+            except (httpx.TransportError, job_events.Dropped, Unavailable):
+                pass
+            await asyncio.sleep(_backoff(attempt))
+            attempt = min(attempt + 1, 4)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -13,23 +13,15 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from hpcgate import contract
 from hpcgate.client import models
 from hpcgate.client.errors import error_for
 
 T = TypeVar("T")
 
 # Python-friendly names for the spec's jobconf keys; the spec's own names work too.
-JOBCONF_NAMES = {
-    "name": "job_name",
-    "time": "time_limit",
-    "partition": "partition",
-    "cores": "scale_cores",
-    "mem_gb": "scale_memGB",
-    "nodes": "scale_Nodes",
-    "workdir": "job_wdir",
-    "args": "jobfile_args",
-}
-JOBCONF_KEYS = frozenset(JOBCONF_NAMES.values()) | {"time_limit"}
+JOBCONF_NAMES = {spec.option: key for key, spec in contract.JOBCONF.items()}
+JOBCONF_KEYS = frozenset(contract.JOBCONF)
 
 
 @dataclass(frozen=True)

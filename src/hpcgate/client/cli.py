@@ -1,4 +1,5 @@
-"""The user commands of ``hpcgate``: login, run, submit, queue, show, cancel, wait, status.
+"""The user commands of ``hpcgate``: login, run, submit, queue, show, cancel, wait, status,
+and for files and job output ls, get, put, cat, rm, mkdir, logs.
 
 The gateway's URL comes from ``--url``, else ``$HPCGATE_URL``, else the file written by
 ``hpcgate login`` (``$XDG_CONFIG_HOME/hpcgate/client.json``, mode 0600), which also keeps
@@ -224,6 +225,28 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0 if job.succeeded else EXIT_JOB_FAILED
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    types = [kind for kind in (args.type or "").split(",") if kind]
+    with _client(args) as client:
+        try:
+            for event in client.events(args.machine, args.jobid, types=types, after=args.after):
+                if args.json:
+                    print(json.dumps({"id": event.id, "type": event.type, "data": event.data}))
+                else:
+                    code = "" if event.exit_code is None else f" exit {event.exit_code}"
+                    print(
+                        f"{event.time} {event.machine}/{event.jobid} {event.kind}"
+                        f" ({event.previous_state or '-'} -> {event.state or '?'}){code}"
+                        f"  [{event.id}]"
+                    )
+                sys.stdout.flush()
+                if args.jobid and event.final:
+                    return 0
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         machines = client.status()
@@ -254,6 +277,142 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- parsers ----------------------------------------------------------------------------
+
+
+# -- files and job output -------------------------------------------------------------------
+
+
+def _progress(args: argparse.Namespace, what: str) -> Any:
+    """A rich progress bar on a terminal (not with --json), else None."""
+    if args.json or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        f"[bold]{what}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    )
+
+
+def _transfer(args: argparse.Namespace, what: str, move: Callable[[Any], int]) -> int:
+    bar = _progress(args, what)
+    if bar is None:
+        return move(None)
+    with bar:
+        task = bar.add_task(what, total=None)
+        return move(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entries = client.list(args.machine, args.path)
+
+    def human() -> None:
+        rows = [
+            [
+                e.perms,
+                e.user,
+                e.group,
+                e.size,
+                e.date,
+                e.name + (f" -> {e.symlink}" if e.symlink else ""),
+            ]
+            for e in entries
+        ]
+        _table(
+            f"{args.machine}:{args.path}", ["perms", "user", "group", "size", "date", "name"], rows
+        )
+
+    _emit(args, [dataclasses.asdict(entry) for entry in entries], human)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    local = Path(args.local or args.remote.rstrip("/").rsplit("/", 1)[-1])
+    if local.is_dir():
+        local = local / args.remote.rstrip("/").rsplit("/", 1)[-1]
+    with _client(args) as client:
+        size = _transfer(
+            args,
+            local.name,
+            lambda progress: client.download(args.machine, args.remote, local, progress=progress),
+        )
+    _emit(args, {"path": str(local), "size": size}, lambda: print(f"{local}: {size} bytes"))
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    local = Path(args.local)
+    if not local.is_file():
+        raise UsageError(f"{local} is not a file")
+    remote = args.remote + local.name if args.remote.endswith("/") else args.remote
+    with _client(args) as client:
+        size = _transfer(
+            args,
+            local.name,
+            lambda progress: client.upload(
+                args.machine, local, remote, overwrite=not args.no_clobber, progress=progress
+            ),
+        )
+    _emit(args, {"location": remote, "size": size}, lambda: print(f"{remote}: {size} bytes"))
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for block in client.read(args.machine, args.path):
+            sys.stdout.buffer.write(block)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.remove(args.machine, args.path, recursive=args.recursive)
+    _emit(args, {"removed": args.path}, lambda: None)
+    return 0
+
+
+def cmd_mkdir(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.mkdir(args.machine, args.path, parents=args.parents)
+    _emit(args, {"made": args.path}, lambda: None)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    with _client(args) as client:
+        if args.follow:
+            for text in client.follow_output(args.machine, args.jobid, stream=stream):
+                if args.json:
+                    print(json.dumps({"data": text}), flush=True)
+                else:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+            return 0
+        offset = 0
+        while True:
+            chunk = client.job_output(args.machine, args.jobid, stream=stream, offset=offset)
+            if args.json:
+                print(json.dumps(dataclasses.asdict(chunk)))
+            else:
+                sys.stdout.write(chunk.data)
+            if chunk.next_offset >= chunk.size or chunk.next_offset == offset:
+                return 0
+            offset = chunk.next_offset
 
 
 def _common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -340,6 +499,61 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     wait.add_argument("jobid")
     wait.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this")
     add("status", cmd_status, "show every machine's status", "hpcgate status")
+    watch = add(
+        "watch",
+        cmd_watch,
+        "print your job events as they come (with a job id: until it ends)",
+        "hpcgate watch ln3 4816214 --json",
+    )
+    watch.add_argument("machine", nargs="?", help="only this machine's jobs")
+    watch.add_argument("jobid", nargs="?", help="only this job; exit when it ends")
+    watch.add_argument("--type", help="only these kinds, e.g. running,completed,failed")
+    watch.add_argument("--after", help="resume after this event id")
+
+    register_files(add)
+
+
+def register_files(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The file and job output commands."""
+    ls = add("ls", cmd_ls, "list a directory on a machine", "hpcgate ls ln3 '~/project'")
+    ls.add_argument("machine")
+    ls.add_argument("path", nargs="?", default="~", help="absolute, or ~/...; default ~")
+    get = add("get", cmd_get, "download a file from a machine", "hpcgate get ln3 '~/results.h5' .")
+    get.add_argument("machine")
+    get.add_argument("remote")
+    get.add_argument("local", nargs="?", help="a file or directory; default: the remote name")
+    put = add("put", cmd_put, "upload a file to a machine", "hpcgate put ln3 input.dat '~/run1/'")
+    put.add_argument("machine")
+    put.add_argument("local")
+    put.add_argument("remote", help="a path; ending in / means: into that directory")
+    put.add_argument("--no-clobber", action="store_true", help="never replace a file")
+    cat = add(
+        "cat",
+        cmd_cat,
+        "print a file of a machine",
+        "hpcgate cat ln3 '~/run1/log.txt'",
+        json_flag=False,
+    )
+    cat.add_argument("machine")
+    cat.add_argument("path")
+    rm = add("rm", cmd_rm, "remove a file (-r: a directory)", "hpcgate rm ln3 '~/old' -r")
+    rm.add_argument("machine")
+    rm.add_argument("path")
+    rm.add_argument("-r", "--recursive", action="store_true")
+    mkdir = add("mkdir", cmd_mkdir, "make a directory", "hpcgate mkdir ln3 '~/run2/in' -p")
+    mkdir.add_argument("machine")
+    mkdir.add_argument("path")
+    mkdir.add_argument("-p", "--parents", action="store_true")
+    logs = add(
+        "logs",
+        cmd_logs,
+        "print what a job printed (-f: follow it until the job ends)",
+        "hpcgate logs ln3 4816214 -f",
+    )
+    logs.add_argument("machine")
+    logs.add_argument("jobid")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    logs.add_argument("--stderr", action="store_true", help="the job's stderr, not its stdout")
 
 
 def _guard(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hpcgate import contract
+
 FINAL_STATUSES = frozenset(
     {
         "Boot_fail",
@@ -153,7 +155,7 @@ def status_from_output(output: dict[str, dict[str, Any]]) -> list[MachineStatus]
                 probe_seconds=probe_seconds,
                 health=health,
                 partitions=entry.get("info") or {},
-                updated=datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None,
+                updated=contract.parse_timestamp(updated) if updated else None,
                 stale=bool(entry.get("stale")),
                 error=entry.get("error") or "",
             )

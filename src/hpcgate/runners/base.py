@@ -9,66 +9,29 @@ from __future__ import annotations
 
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 from hpcgate.accounts import UnixAccount
-from hpcgate.errors import BadRequest, Forbidden, TimedOut
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How long an action may run and how much it may print (stdout + stderr)."""
-
-    timeout: float
-    output_bytes: int
-
-
-@dataclass(frozen=True)
-class Completed:
-    """A finished process: its exit status and what it printed."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-class OutputTooLarge(Exception):
-    """An action printed more than its cap (raised while draining its output)."""
-
-
-class OutputBudget:
-    """What an action may still print, stdout and stderr together."""
-
-    def __init__(self, cap: int) -> None:
-        self.left = cap
-
-    def spend(self, size: int) -> None:
-        self.left -= size
-        if self.left < 0:
-            raise OutputTooLarge
-
-
-def timed_out(argv: Sequence[str], limits: Limits) -> TimedOut:
-    """The error for an action killed at its time limit (every transport says the same)."""
-    return TimedOut(f"{argv[0]} did not finish within {limits.timeout:g} s and was killed")
-
-
-def output_too_large(argv: Sequence[str], limits: Limits) -> BadRequest:
-    """The error for an action killed at its output cap."""
-    return BadRequest(
-        f"{argv[0]} printed more than {limits.output_bytes} bytes and was killed; "
-        "redirect large output to a file"
-    )
+from hpcgate.config import ConfigError, MachineConfig
+from hpcgate.errors import BadRequest, Forbidden, Unavailable
+from hpcgate.plugins import BuildContext
+from hpcgate.process import Completed, Limits
 
 
 class Runner(ABC):
-    """Runs programs on one machine as a user."""
+    """Runs programs on one machine as a user.
+
+    Registered under the ``hpcgate.runners`` entry-point group (see :mod:`hpcgate.plugins`)
+    and named by ``machines.NAME.runner``.
+    """
+
+    @classmethod
+    def from_config(cls, name: str, machine: MachineConfig, context: BuildContext) -> Runner:
+        """The runner of machine ``name``; raises ConfigError for a wrong setting."""
+        raise ConfigError(f"machines.{name}.runner: {cls.__name__} cannot be configured")
+
+    async def close(self) -> None:  # noqa: B027 - optional: only runners holding connections
+        """Release connections and processes (at shutdown); safe to call twice."""
 
     @abstractmethod
     async def run(
@@ -123,3 +86,36 @@ class Runner(ABC):
             if "Permission denied" in reason or "Read-only file system" in reason:
                 raise Forbidden(f"{account.name} may not write {path}: {reason}")
             raise BadRequest(f"cannot write {path}: {reason}")
+
+    # File access (the FILE module). Metadata operations run as programs through
+    # ``run`` (the same on every transport; see hpcgate.services.files); these two move
+    # the bytes, streamed both ways with back-pressure, as the user. A transport without
+    # them still runs commands and jobs; its file transfers answer 503.
+
+    def read_bytes(
+        self, account: UnixAccount, path: str, *, offset: int, length: int, limits: Limits
+    ) -> AsyncIterator[bytes]:
+        """The bytes ``[offset, offset + length)`` of the file at ``path``, read as
+        ``account`` and yielded as they arrive, never all held at once.
+
+        The caller has checked, as the user, that ``path`` is a regular file; the
+        transport opens it without blocking (a FIFO swapped in meanwhile fails, it never
+        hangs). Closing the iterator early (the client went away) ends whatever serves
+        it. The whole transfer is bounded by ``limits.timeout``.
+        """
+        raise Unavailable(f"the {type(self).__name__} transport has no file access")
+
+    async def write_bytes(
+        self,
+        account: UnixAccount,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        limits: Limits,
+    ) -> int:
+        """Create the new file ``path`` as ``account`` (exclusively: never an existing
+        file, never through a link) and write ``chunks`` into it; returns the bytes
+        written. On any failure, cancellation included, whatever was written stays for
+        the caller to remove; errors carry the operating system's reason.
+        """
+        raise Unavailable(f"the {type(self).__name__} transport has no file access")

@@ -1,6 +1,5 @@
 """Batch schedulers: pure argument builders and output parsers."""
 
-from hpcgate.schedulers.base import FINAL_STATES, JobRecord, Scheduler
-from hpcgate.schedulers.slurm import Slurm
+from hpcgate.schedulers.base import JobRecord, Phase, Scheduler
 
-__all__ = ["FINAL_STATES", "JobRecord", "Scheduler", "Slurm"]
+__all__ = ["JobRecord", "Phase", "Scheduler"]

@@ -9,15 +9,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import StrEnum
 
+from hpcgate.config import MachineConfig
 from hpcgate.errors import GatewayError
 from hpcgate.jobspec import JobOptions
-from hpcgate.runners.base import Completed
+from hpcgate.process import Completed
+
+
+class Phase(StrEnum):
+    """Where a job is in its life, whatever the scheduler calls it (psij's ``JobState``)."""
+
+    QUEUED = "queued"
+    """Waiting to start: pending, held, configuring, requeued."""
+    RUNNING = "running"
+    """Started and not yet ended: running, suspended, completing."""
+    FINISHED = "finished"
+    """Ended, for good: completed, failed, cancelled, timed out..."""
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One row about a job, or about one of its steps, as the scheduler reports it."""
+    """One row about a job, or about one of its steps, as the scheduler reports it.
+
+    The scheduler's parser fills every field; ``phase`` and ``code`` are its reading of
+    its own ``state`` word, so nothing above the scheduler module interprets that word.
+    """
 
     id: str
     name: str
@@ -32,6 +49,12 @@ class JobRecord:
     """The nodes, or while pending the reason in parentheses, e.g. ``(Priority)``."""
     exit_code: str
     """``code:signal``."""
+    phase: Phase | None = None
+    """None when the scheduler gave no state the parser knows."""
+    code: str = ""
+    """A short state code for queue counts (Slurm's ``PD``, ``R``, ``CG``...)."""
+    uid: int | None = None
+    """The owner's numeric uid as the scheduler records it: what ownership is decided on."""
 
     @property
     def status(self) -> str:
@@ -41,60 +64,53 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status.upper() in FINAL_STATES
+        return self.phase is Phase.FINISHED
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A job that has ended, as accounting records it: what a job event and the kept
+    detail of a finished job are made of."""
+
+    rows: list[JobRecord]
+    """The job's row, then its steps (as :meth:`Scheduler.merge_job_views` gives them)."""
+    ended: float | None = None
+    """When the job ended (epoch seconds), by the scheduler's own clock."""
+    reason: str = ""
+    """Why the job ended or was held, when the scheduler says (empty otherwise)."""
 
     @property
-    def short_state(self) -> str:
-        """The two-letter code squeue uses (``PD``, ``R``, ``CG``...), for queue counts."""
-        word = self.status.upper()
-        return STATE_CODES.get(word, word[:2] or "??")
+    def job(self) -> JobRecord:
+        return self.rows[0]
 
 
-FINAL_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "REVOKED",
-        "TIMEOUT",
-    }
-)
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a job writes its output, as the scheduler knows it now: paths expanded as
+    the scheduler expands them on the node, and whose job it is."""
 
-
-STATE_CODES = {
-    "BOOT_FAIL": "BF",
-    "CANCELLED": "CA",
-    "COMPLETED": "CD",
-    "COMPLETING": "CG",
-    "CONFIGURING": "CF",
-    "DEADLINE": "DL",
-    "FAILED": "F",
-    "NODE_FAIL": "NF",
-    "OUT_OF_MEMORY": "OOM",
-    "PENDING": "PD",
-    "PREEMPTED": "PR",
-    "REQUEUED": "RQ",
-    "REQUEUE_FED": "RF",
-    "REQUEUE_HOLD": "RH",
-    "RESIZING": "RS",
-    "REVOKED": "RV",
-    "RUNNING": "R",
-    "SIGNALING": "SI",
-    "SPECIAL_EXIT": "SE",
-    "STAGE_OUT": "SO",
-    "STOPPED": "ST",
-    "SUSPENDED": "S",
-    "TIMEOUT": "TO",
-}
+    uid: int
+    """The owner's numeric uid: what access to the output is decided on."""
+    user: str
+    stdout: str
+    stderr: str
+    complete: bool = True
+    """False while a path still depends on something the job has not got yet (its host)."""
+    ended: bool = False
+    """The job has ended (its paths are final once ``complete``)."""
 
 
 class Scheduler(ABC):
-    """Build and parse methods for one batch scheduler family."""
+    """Build and parse methods for one batch scheduler family.
+
+    Registered under the ``hpcgate.schedulers`` entry-point group (see
+    :mod:`hpcgate.plugins`) and named by ``machines.NAME.scheduler``.
+    """
+
+    @classmethod
+    def from_config(cls, name: str, machine: MachineConfig) -> Scheduler:
+        """The scheduler of machine ``name``; raises ConfigError for a wrong setting."""
+        return cls()
 
     @abstractmethod
     def submit_argv(self, script_path: str, options: JobOptions) -> list[str]:
@@ -161,7 +177,95 @@ class Scheduler(ABC):
         ``history`` what accounting says, which may lag behind or not know the job yet.
         """
 
+    def find_job(self, jobid: str, rows: list[JobRecord]) -> JobRecord | None:
+        """The row of job ``jobid`` among the rows of a live listing (exact id by
+        default; a scheduler may also map the id it printed at submit to the row)."""
+        return next((row for row in rows if row.id == jobid), None)
+
     def history_is_final(self, jobid: str, history: list[JobRecord]) -> bool:
         """Whether accounting alone tells the job's whole story: it has ended and the
         record is settled, so the controller need not be asked. False when unsure."""
         return False
+
+    def job_view(
+        self,
+        jobid: str,
+        live: JobRecord | GatewayError | None,
+        history: list[JobRecord] | GatewayError,
+    ) -> list[JobRecord]:
+        """The per-job view from what the controller and accounting answered, each given
+        as its answer or the error it raised. Either may be down: a final accounting
+        record answers without the controller, the controller's view answers without
+        accounting, and with neither the error is raised, never a possibly wrong "no job".
+        An empty list means that neither knows the job.
+        """
+        final = not isinstance(history, GatewayError) and self.history_is_final(jobid, history)
+        if isinstance(live, GatewayError):
+            if not final:
+                raise live
+            live = None
+        if isinstance(history, GatewayError):
+            if live is None:
+                raise history
+            history = []
+        return self.merge_job_views(jobid, live, history)
+
+    # -- whether accounting may not know a job yet -------------------------------------
+
+    def accounting_lag_argv(self) -> list[str] | None:
+        """Ask whether accounting may be behind the controller (records not yet stored).
+        None (the default): this scheduler cannot tell, and a job neither the controller
+        nor accounting knows is taken not to exist."""
+        return None
+
+    def parse_accounting_lag(self, result: Completed) -> bool:
+        """Whether :meth:`accounting_lag_argv`'s output says that accounting may not have
+        every record yet; raises a GatewayError when the call failed."""
+        return False
+
+    # -- finding a job by the tag it was submitted with (idempotent submits) -----------
+
+    def tagged_jobs_argvs(
+        self, user: str, within: float, jobid: str | None = None
+    ) -> list[list[str]]:
+        """Where to look for ``user``'s jobs submitted with a tag (``JobOptions.tag``) in
+        the last ``within`` seconds, in order (e.g. the controller, then accounting); with
+        ``jobid``, only that job. Empty (the default): this scheduler keeps no tags, so a
+        lost submit cannot be found."""
+        return []
+
+    def parse_tagged_jobs(self, result: Completed, tag: str) -> list[str]:
+        """The ids of the jobs whose tag is exactly ``tag`` in the output of one of
+        :meth:`tagged_jobs_argvs`. A tag is user-writable text: it must be read so that
+        no other job's tag can make a row, as every listing is (no second look is taken)."""
+        return []
+
+    def submitted_nothing(self, result: Completed) -> bool:
+        """Whether a failed submit certainly created no job (e.g. the controller could
+        not even be connected to), so that a retry with the same key may submit."""
+        return False
+
+    # -- jobs that ended, in one batched accounting call (job events) ------------------
+
+    def ended_jobs_argv(self, since: float) -> list[str] | None:
+        """Ask accounting, in one call for every user, about the jobs that ended since
+        ``since`` (epoch seconds), with their steps. None (the default): this scheduler
+        has no such call, and job events say only that a job left the queue."""
+        return None
+
+    def parse_ended_jobs(self, result: Completed) -> list[Ending]:
+        """Parse :meth:`ended_jobs_argv`: one :class:`Ending` per job whose record is final."""
+        return []
+
+    # -- where a job writes its output (job output) ------------------------------------
+
+    def output_paths_argv(self, jobid: str) -> list[str] | None:
+        """Ask the controller where job ``jobid`` writes its output. None (the default):
+        this scheduler cannot tell, and job output is not available on its machines."""
+        return None
+
+    def parse_output_paths(self, jobid: str, result: Completed) -> OutputPaths | None:
+        """The output paths of ``jobid`` in :meth:`output_paths_argv`'s output, expanded
+        as the scheduler expands them; None when the controller does not know the job.
+        Raises a GatewayError when the call failed for another reason."""
+        return None

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from hpcgate import contract
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields, text_field
-from hpcgate.api.deps import COOKIE_NAME, client_address, gateway, request_token
+from hpcgate.api.deps import COOKIE_NAME, client_address, gateway, request_token, same_origin
 from hpcgate.api.envelope import ok
 from hpcgate.api.routes import route
-from hpcgate.auth.sessions import Session
-from hpcgate.errors import NotLoggedIn
+from hpcgate.errors import Forbidden, NotLoggedIn
+from hpcgate.stores.base import Session
 
 router = APIRouter(tags=["auth"])
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _who(username: str, session: Session) -> dict[str, object]:
@@ -27,7 +22,7 @@ def _who(username: str, session: Session) -> dict[str, object]:
         "auth": True,
         "username": username,
         "session_lifetime": session.remaining,
-        "expires": _iso(session.expires),
+        "expires": contract.session_expiry(session.expires),
     }
 
 
@@ -36,15 +31,26 @@ def _who(username: str, session: Session) -> dict[str, object]:
     "/auth",
     ["POST"],
     summary="Log in",
-    description="Starts a session: sets an HttpOnly cookie and returns a bearer token for scripts.",
+    description=(
+        "Starts a session: sets an HttpOnly cookie and returns a bearer token for scripts. "
+        "Refused (403) when a browser says the form was posted from another site."
+    ),
     openapi_extra=schemas.body(schemas.LoginBody),
     responses=schemas.example(schemas.LOGIN_EXAMPLE),
 )
 async def login(request: Request) -> JSONResponse:
+    if not same_origin(request):
+        # Else another site's form could log the victim's browser into the attacker's
+        # account (login CSRF); clients that send neither Origin nor Referer pass.
+        raise Forbidden("cross-site login refused: log in from this gateway's own pages")
     fields = await read_fields(request)
-    username = text_field(fields, "username", max_length=256)
+    username = text_field(
+        fields, "username", max_length=contract.max_length(contract.LOGIN, "username")
+    )
     request.state.audit_user = username
-    password = text_field(fields, "password", max_length=4096)
+    password = text_field(
+        fields, "password", max_length=contract.max_length(contract.LOGIN, "password")
+    )
     gw = gateway(request)
     token, session, account = await gw.login.login(username, password, client_address(request))
     response = ok(_who(account.name, session) | {"token": token})

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from hpcgate import contract
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields, text_field
 from hpcgate.api.deps import Caller, caller, machine, until_disconnected
@@ -16,7 +17,7 @@ from hpcgate.api.schemas import MACHINE
 
 router = APIRouter(tags=["command"])
 
-MAX_COMMAND = 128 * 1024
+MAX_COMMAND = contract.max_length(contract.COMMAND, "command")
 
 
 @route(

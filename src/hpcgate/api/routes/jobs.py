@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -12,13 +13,13 @@ from fastapi.responses import JSONResponse, Response
 from hpcgate.api import schemas
 from hpcgate.api.body import read_fields
 from hpcgate.api.deps import Caller, caller, gateway, machine
-from hpcgate.api.envelope import EncodedAnswers, ok, ok_bytes
+from hpcgate.api.envelope import Encoded, EncodedAnswers, etag_matches, ok, ok_bytes, tagged
 from hpcgate.api.routes import route
 from hpcgate.api.schemas import JOBID, MACHINE
-from hpcgate.idempotency import fingerprint
+from hpcgate.contract import data_taken
 from hpcgate.jobspec import parse_jobid, parse_submission
 from hpcgate.schedulers.base import JobRecord
-from hpcgate.status.service import iso
+from hpcgate.services.queue_cache import Listing
 
 router = APIRouter(tags=["jobs"])
 
@@ -54,6 +55,40 @@ def columns(rows: Iterable[JobRecord], spec: Columns) -> dict[str, dict[str, Any
     return {field: {row.id: get(row) for row in rows} for field, get in spec.items()}
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+_JSON = (b"content-type", b"application/json")
+
+
+def cached_reply(
+    encoded: Encoded, if_none_match: bytes | str | None, extra: RawHeaders
+) -> tuple[int, RawHeaders, bytes]:
+    """Status, headers and body of a read answered with ``encoded``: 304 without a body
+    when the client already holds it (``If-None-Match``), else 200 with it."""
+    headers = [*extra, (b"etag", encoded.etag)]
+    if etag_matches(if_none_match, encoded.etag):
+        return 304, headers, b""
+    length = (b"content-length", str(len(encoded.body)).encode())
+    return 200, [length, _JSON, *headers], encoded.body
+
+
+def freshness(taken: float, now: float) -> RawHeaders:
+    """How old a listing's data is (``Age``, seconds) and when it was read, as headers that
+    leave the spec's column-oriented body alone."""
+    return [(b"age", str(max(0, int(now - taken))).encode()), (b"x-data-taken", _taken(taken))]
+
+
+@functools.lru_cache(maxsize=1024)
+def _taken(taken: float) -> bytes:
+    return data_taken(taken).encode()
+
+
+def raw_response(status: int, headers: RawHeaders, body: bytes) -> Response:
+    response = Response(status_code=status)
+    response.body = body
+    response.raw_headers = headers
+    return response
+
+
 @route(
     router,
     "/job/{name}",
@@ -72,22 +107,13 @@ async def submit(
     request: Request, name: str = MACHINE, who: Caller = Depends(caller)
 ) -> JSONResponse:
     target = machine(request, name)
-    gw = gateway(request)
-    fields = await read_fields(request)
-    submission = parse_submission(fields, max_script_bytes=gw.config.limits.script_bytes)
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        jobid = await target.submit(who.account, submission)
-    else:
-        jobid = await gw.submits.submit(
-            who.account.name,
-            target.name,
-            key,
-            fingerprint(target.name, fields),
-            lambda: target.submit(who.account, submission),
-        )
-    request.state.audit_jobid = jobid
-    return ok({"jobid": jobid})
+    limit = gateway(request).config.limits.script_bytes
+    submission = parse_submission(await read_fields(request), max_script_bytes=limit)
+    submitted = await target.submit_job(
+        who.account, submission, idempotency_key=request.headers.get("idempotency-key")
+    )
+    request.state.audit_jobid = submitted.jobid
+    return ok(submitted.public())
 
 
 @route(
@@ -105,20 +131,35 @@ async def submit(
 async def queue(request: Request, name: str = MACHINE, who: Caller = Depends(caller)) -> Response:
     target = machine(request, name)
     listing = await target.queue(who.account)
+    return raw_response(
+        *queue_reply(
+            request.app.state.answers,
+            target.name,
+            who,
+            listing,
+            request.headers.get("if-none-match"),
+        )
+    )
+
+
+def queue_reply(
+    answers: EncodedAnswers,
+    machine_name: str,
+    who: Caller,
+    listing: Listing,
+    if_none_match: bytes | str | None,
+) -> tuple[int, RawHeaders, bytes]:
+    """The answer to ``GET /api/job/<machine>`` for ``listing``; the ETag names the user."""
+    slot = ("queue", machine_name, who.account.name)
 
     def output() -> dict[str, dict[str, Any]]:
         return columns(listing.jobs, QUEUE_COLUMNS)
 
     if listing.from_snapshot:  # the same for this user until the next snapshot
-        answers: EncodedAnswers = request.app.state.answers
-        body = answers.ok(("queue", target.name, who.account.name), listing.taken, output)
+        encoded = answers.encoded(slot, listing.taken, output)
     else:
-        body = ok_bytes(output())
-    response = Response(body, media_type="application/json")
-    # How old the data is, without touching the spec's column-oriented body.
-    response.headers["Age"] = str(max(0, int(time.time() - listing.taken)))
-    response.headers["X-Data-Taken"] = iso(listing.taken)
-    return response
+        encoded = tagged(slot, ok_bytes(output()))
+    return cached_reply(encoded, if_none_match, freshness(listing.taken, time.time()))
 
 
 @route(
@@ -140,7 +181,8 @@ async def status(request: Request) -> Response:
         await caller(request)
     version, output = await gw.status.current()
     answers: EncodedAnswers = request.app.state.answers
-    return Response(answers.ok("status", version, output), media_type="application/json")
+    encoded = answers.encoded("status", version, output)
+    return raw_response(*cached_reply(encoded, request.headers.get("if-none-match"), []))
 
 
 @route(

@@ -1,0 +1,168 @@
+"""The per-user helper: a small long-lived process that holds one user's identity.
+
+The gateway starts it through the local runner's own identity switch (``chroot
+--userspec``, so it has the user's uid, gid and groups and nothing of root), hands it
+one end of a socket pair, and from then on asks it to
+
+* write a file (``write``): opened and written here, as the user, with no new process;
+* start a program (``spawn``): ``posix_spawn`` (a vfork: cheap, since no ids change) with
+  the three pipe ends the gateway sent along (``SCM_RIGHTS``), in a new session, and
+  report its pid at once and its exit status when it ends (watched through a pidfd).
+
+It never decides anything: every path and argument vector comes from the gateway, which
+also places it in the action's cgroups for the instant of each spawn (see
+:mod:`hpcgate.runners.local_helper`). When the gateway's end of the socket closes, it
+exits. Only the standard library is used: this module's source runs as ``python3 -I -S``.
+
+Frames, both ways: 4-byte big-endian JSON length, 4-byte payload length, JSON, payload.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import selectors
+import socket
+import stat
+import struct
+import sys
+
+FRAME = struct.Struct("!II")
+MAX_FDS = 3
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, object], bytes, list[int]]:
+    fds = array.array("i")
+    header, ancillary, _, _ = sock.recvmsg(
+        FRAME.size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    if not header:
+        raise EOFError
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    header += _read_exactly(sock, FRAME.size - len(header))
+    json_size, payload_size = FRAME.unpack(header)
+    message = json.loads(_read_exactly(sock, json_size))
+    payload = _read_exactly(sock, payload_size) if payload_size else b""
+    return message, payload, list(fds)
+
+
+def _send(sock: socket.socket, message: dict[str, object]) -> None:
+    body = json.dumps(message).encode()
+    sock.sendall(FRAME.pack(len(body), 0) + body)
+
+
+def _failure(request: int, exc: OSError) -> dict[str, object]:
+    stage = "cwd" if isinstance(exc, _NoDirectory) else "exec"
+    return {
+        "id": request,
+        "errno": exc.errno or 0,
+        "reason": exc.strerror or str(exc),
+        "stage": stage,
+    }
+
+
+class _NoDirectory(OSError):
+    """The working directory could not be entered (as opposed to the program)."""
+
+
+def _write(path: str, data: bytes) -> None:
+    """Create or replace ``path`` with ``data``, making its parents (all as the user).
+
+    Opened without blocking, so a FIFO with no reader fails instead of hanging; anything
+    but a regular file is refused before a byte is written.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "Not a regular file")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def serve(sock: socket.socket) -> None:
+    """Answer the gateway's requests until it closes its end."""
+    os.set_inheritable(sock.fileno(), False)  # never passed on to a program it starts
+    os.chdir("/")
+    watched = selectors.DefaultSelector()
+    watched.register(sock, selectors.EVENT_READ)
+    children: dict[int, int] = {}  # pidfd -> pid
+    while True:
+        for key, _ in watched.select():
+            if key.fileobj is not sock:
+                pidfd = key.fd
+                pid = children.pop(pidfd)
+                watched.unregister(pidfd)
+                os.close(pidfd)
+                _, status = os.waitpid(pid, 0)
+                _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+                continue
+            try:
+                message, payload, fds = _receive(sock)
+            except EOFError:
+                return
+            request = int(message["id"])  # type: ignore[call-overload]
+            try:
+                if message["op"] == "write":
+                    _write(str(message["path"]), payload)
+                    _send(sock, {"id": request})
+                elif message["op"] == "spawn":
+                    pid = _spawn(message, fds)
+                    pidfd = os.pidfd_open(pid)
+                    children[pidfd] = pid
+                    watched.register(pidfd, selectors.EVENT_READ)
+                    _send(sock, {"id": request, "pid": pid})
+                else:
+                    _send(sock, {"id": request, "errno": 0, "reason": "unknown request"})
+            except OSError as exc:
+                _send(sock, _failure(request, exc))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+
+def _spawn(message: dict[str, object], fds: list[int]) -> int:
+    if len(fds) != MAX_FDS:
+        raise OSError(0, "a spawn needs stdin, stdout and stderr")
+    argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
+    environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
+    try:
+        os.chdir(str(message["cwd"]))
+    except OSError as exc:
+        raise _NoDirectory(exc.errno, exc.strerror) from None
+    try:
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            environment,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+            setsid=True,
+        )
+    finally:
+        os.chdir("/")
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))

@@ -1,0 +1,246 @@
+"""Idempotent submits: a retried ``POST /api/job`` with the same ``Idempotency-Key``
+returns the first job's id and submits nothing, across restarts and outages.
+
+Two records are kept of every keyed submit:
+
+- the store's: the first request claims the key atomically (``INSERT OR IGNORE`` in the
+  embedded SQLite file, ``SET NX`` in Redis) with a *pending* record that says when and
+  by which gateway process the attempt began, then writes the job id (*done*);
+- the scheduler's: the job is submitted with a tag, a digest of (user, machine, key,
+  request) that the scheduler keeps with it (Slurm: ``--comment=hpcgate:<hex>``).
+
+A retry with the same key and body gets the recorded id. When the record cannot say (it
+is pending in a process that died, or *unknown* because the scheduler gave no clear
+answer, or missing because the store lost it), the retry looks the tag up among the
+user's jobs, as the user: found, that id is returned and recorded; not found once the
+first attempt is certainly over (``wait`` seconds after it began, past every limit it
+ran under), the key is free and the retry submits. A definite failure (a 4xx, or a 503
+that certainly sent nothing, e.g. sbatch could not connect to the controller) frees the
+key at once. The same key with another body is a 409. Keys are per user and machine, and
+expire after ``ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
+
+from hpcgate import metrics
+from hpcgate.errors import BadRequest, Conflict, GatewayError, Unavailable
+from hpcgate.jobspec import Submission
+from hpcgate.process import Completed
+from hpcgate.schedulers.base import Scheduler
+from hpcgate.stores.base import (
+    DONE,
+    PENDING,
+    UNKNOWN,
+    IdempotencyRecord,
+    IdempotencyStore,
+)
+
+MAX_KEY_LENGTH = 255
+TAG_PREFIX = "hpcgate:"
+LOOKUP_INTERVAL = 1.0  # seconds between tag lookups of one waiting retry
+
+Submit = Callable[[str], Awaitable[str]]
+"""Submits the job with the given tag; returns its id."""
+Finder = Callable[[str, float], Awaitable[str | None]]
+"""The id of the user's job carrying a tag, submitted in the last so many seconds."""
+
+
+class NothingSubmitted(Unavailable):
+    """A submit that failed before anything reached the scheduler (503): its key is freed."""
+
+
+def fingerprint(machine: str, submission: Submission) -> str:
+    """A digest of what was asked, validated, to tell a true retry from a reused key."""
+    asked = asdict(submission)
+    asked["options"].pop("tag", None)
+    canonical = json.dumps([machine, asked], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_tag(user: str, machine: str, key: str, digest: str) -> str:
+    """The mark a keyed submit leaves on its job: 128 bits of (user, machine, key, request)."""
+    material = json.dumps([user, machine, key, digest]).encode()
+    return TAG_PREFIX + hashlib.sha256(material).hexdigest()[:32]
+
+
+def tagged(submission: Submission, tag: str) -> Submission:
+    """``submission`` to be submitted with ``tag``."""
+    return replace(submission, options=replace(submission.options, tag=tag))
+
+
+def tag_finder(
+    scheduler: Scheduler, schedule: Callable[[list[str]], Awaitable[Completed]], user: str
+) -> Finder | None:
+    """Looks up ``user``'s jobs by tag through ``schedule`` (which runs an argv as the
+    user); None when the scheduler keeps no tags."""
+    if not scheduler.tagged_jobs_argvs(user, 0):
+        return None
+
+    async def find(tag: str, within: float) -> str | None:
+        for argv in scheduler.tagged_jobs_argvs(user, within):
+            found = scheduler.parse_tagged_jobs(await schedule(argv), tag)
+            if found:
+                return found[0]
+        return None
+
+    return find
+
+
+def check_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters, e.g. a UUID"
+        )
+    return key
+
+
+class IdempotentSubmits:
+    """Runs a submit at most once per (user, machine, key)."""
+
+    def __init__(self, store: IdempotencyStore, ttl: float, wait: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.wait = wait
+        """Longest a first attempt can run (its script write and submit, with their
+        limits); a retry waits that long for it, and past it the attempt is over."""
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._running: dict[str, asyncio.Event] = {}  # slots whose attempt runs here
+
+    def _pending(self, digest: str) -> IdempotencyRecord:
+        return IdempotencyRecord(digest, PENDING, claimed=time.time(), owner=self.owner)
+
+    async def submit(
+        self,
+        user: str,
+        machine: str,
+        key: str,
+        digest: str,
+        submit: Submit,
+        find: Finder | None = None,
+    ) -> str:
+        slot = f"{user}:{machine}:{check_key(key)}"
+        tag = submit_tag(user, machine, key, digest)
+        mine = self._pending(digest)
+        existing = await self.store.claim(slot, mine, self.ttl)
+        if existing is None:
+            return await self._first(slot, mine, tag, submit, find, look_first=True)
+        return await self._retry(slot, digest, existing, tag, submit, find)
+
+    async def _first(
+        self,
+        slot: str,
+        mine: IdempotencyRecord,
+        tag: str,
+        submit: Submit,
+        find: Finder | None,
+        *,
+        look_first: bool,
+    ) -> str:
+        """Submit under the claim ``mine``; with ``look_first``, when the store may have
+        lost an earlier record of this key, look for that attempt's job first."""
+        running = self._running[slot] = asyncio.Event()
+        try:
+            if look_first and find is not None and await self._may_have_lost_records():
+                try:
+                    found = await find(tag, self.ttl)
+                except BaseException:
+                    await self.store.delete(slot)  # nothing was submitted
+                    raise
+                if found is not None:
+                    await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
+                    return found
+            return await self._submit(slot, mine, tag, submit)
+        finally:
+            running.set()
+            if self._running.get(slot) is running:
+                del self._running[slot]
+
+    async def _submit(self, slot: str, mine: IdempotencyRecord, tag: str, submit: Submit) -> str:
+        try:
+            jobid = await submit(tag)
+        except GatewayError as exc:
+            if exc.status_code < 500 or isinstance(exc, NothingSubmitted):
+                await self.store.delete(slot)  # certainly nothing exists: the key is free
+            else:  # unreachable or timed out: the job may exist
+                await self.store.put(slot, replace(mine, state=UNKNOWN), self.ttl)
+            raise
+        except BaseException:  # cancelled, or a bug: the job may exist all the same
+            await self.store.put(slot, replace(mine, state=UNKNOWN), self.ttl)
+            raise
+        await self.store.put(slot, replace(mine, state=DONE, jobid=jobid), self.ttl)
+        return jobid
+
+    async def _may_have_lost_records(self) -> bool:
+        return await self.store.kept_since() > time.time() - self.ttl
+
+    async def _retry(
+        self,
+        slot: str,
+        digest: str,
+        record: IdempotencyRecord | None,
+        tag: str,
+        submit: Submit,
+        find: Finder | None,
+    ) -> str:
+        deadline = time.monotonic() + self.wait
+        next_lookup = 0.0
+        while True:
+            if record is None:  # freed (a definite failure) or expired: claim it again
+                mine = self._pending(digest)
+                record = await self.store.claim(slot, mine, self.ttl)
+                if record is None:
+                    return await self._first(slot, mine, tag, submit, find, look_first=True)
+                continue
+            if record.fingerprint != digest:
+                raise Conflict(
+                    "this Idempotency-Key was used for a different request; "
+                    "use a new key for a new job"
+                )
+            if record.state == DONE:
+                metrics.IDEMPOTENT_REPLAYS.inc()
+                return record.jobid
+            running_here = self._running.get(slot)
+            if record.owner == self.owner and running_here is not None:
+                await asyncio.shield(running_here.wait())  # ends within the submit's limits
+            elif find is not None:
+                over = record.owner == self.owner or time.time() > record.claimed + self.wait
+                if over or time.monotonic() >= next_lookup:
+                    next_lookup = time.monotonic() + LOOKUP_INTERVAL
+                    found = await find(tag, self.ttl)
+                    if found is not None:
+                        done = replace(record, state=DONE, jobid=found)
+                        if await self.store.swap(slot, record, done, self.ttl):
+                            return found
+                    elif over:  # the first attempt is over and made no job: the key is free
+                        mine = self._pending(digest)
+                        if await self.store.swap(slot, record, mine, self.ttl):
+                            return await self._first(
+                                slot, mine, tag, submit, find, look_first=False
+                            )
+                    else:
+                        await asyncio.sleep(0.05)
+                    record = await self.store.get(slot)
+                    continue
+            elif record.state == UNKNOWN:
+                raise Conflict(
+                    "the first request with this Idempotency-Key ended without a "
+                    "clear answer from the scheduler: the job may exist; check "
+                    "your queue before submitting again with a new key"
+                )
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    "the first request with this Idempotency-Key is still "
+                    "running; try again shortly"
+                )
+            await asyncio.sleep(0.05)
+            record = await self.store.get(slot)

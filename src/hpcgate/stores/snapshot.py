@@ -1,0 +1,89 @@
+"""A machine's state at one moment, as a monitor saw it: the unit the store keeps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+from hpcgate.schedulers.base import JobRecord, Phase
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One probe of one machine, with the last good scheduler data.
+
+    ``taken`` is when the probe started; ``data_taken`` when the scheduler data (jobs,
+    nodes) was last read successfully, which is older than ``taken`` after a failed
+    probe. Queue views judge freshness by ``data_taken``.
+    """
+
+    machine: str
+    taken: float
+    ok: bool
+    probe_seconds: float
+    probes: tuple[bool, ...]
+    """The recent probe outcomes, newest last; ``health`` is their success rate."""
+    error: str = ""
+    data_taken: float | None = None
+    jobs: tuple[JobRecord, ...] = ()
+    partitions: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def health(self) -> float:
+        return round(sum(self.probes) / len(self.probes), 3) if self.probes else 0.0
+
+    @cached_property
+    def _counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.code] = counts.get(job.code, 0) + 1
+        return counts
+
+    def queue_counts(self) -> dict[str, int]:
+        """Jobs by short state code, e.g. ``{"PD": 1, "R": 1111}`` (counted once)."""
+        return dict(self._counts)
+
+    @cached_property
+    def jobs_by_uid(self) -> dict[int, list[JobRecord]]:
+        """Each owner's jobs by the uid the scheduler recorded (never by a name a user
+        could forge), indexed once per snapshot for the queue views."""
+        index: dict[int, list[JobRecord]] = {}
+        for job in self.jobs:
+            if job.uid is not None:
+                index.setdefault(job.uid, []).append(job)
+        return index
+
+    @cached_property
+    def _jobs_by_key(self) -> dict[tuple[int, str], JobRecord]:
+        return {(job.uid, job.id): job for job in self.jobs if job.uid is not None}
+
+    def job_of(self, uid: int, jobid: str) -> JobRecord | None:
+        """The job ``jobid`` if this snapshot lists it as ``uid``'s (indexed once)."""
+        return self._jobs_by_key.get((uid, jobid))
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["probes"] = [int(ok) for ok in self.probes]
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Snapshot:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(
+            machine=data["machine"],
+            taken=data["taken"],
+            ok=data["ok"],
+            probe_seconds=data["probe_seconds"],
+            probes=tuple(bool(ok) for ok in data["probes"]),
+            error=data.get("error", ""),
+            data_taken=data.get("data_taken"),
+            jobs=tuple(_record(job) for job in data.get("jobs", ())),
+            partitions=data.get("partitions", {}),
+        )
+
+
+def _record(fields: dict[str, Any]) -> JobRecord:
+    phase = fields.get("phase")
+    return JobRecord(**(fields | {"phase": None if phase is None else Phase(phase)}))

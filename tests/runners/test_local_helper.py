@@ -1,0 +1,214 @@
+"""The local-helper transport, for real: the local runner's guarantees hold, through one
+long-lived helper per user that holds that user's identity and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcgate import metrics
+from hpcgate.accounts import UnixAccount
+from hpcgate.process import Limits
+from hpcgate.runners.local_helper import HelperRunner
+from tests.conftest import wait_for
+
+# The local runner's own tests, run again here against this transport (the `runner`
+# fixture below replaces theirs): identity, limits, containment and refusals.
+from tests.runners.test_local import (  # noqa: F401
+    test_a_cancelled_action_leaves_no_orphans,
+    test_a_finished_command_leaves_nothing_running,
+    test_a_program_the_user_may_not_execute_is_forbidden,
+    test_a_timed_out_command_leaves_nothing_running,
+    test_an_abandoned_command_leaves_nothing_running,
+    test_an_action_may_not_start_hundreds_of_processes,
+    test_exit_status_stdout_stderr_and_stdin,
+    test_missing_program_and_missing_directory,
+    test_no_capability_survives_the_switch,
+    test_output_cap_kills_and_says_so,
+    test_root_is_never_a_runner_account,
+    test_runs_with_the_users_ids_groups_home_and_environment,
+    test_the_command_line_goes_through_the_users_shell,
+    test_timeout_kills_the_whole_process_group,
+    test_write_file_creates_parents_as_the_user,
+    test_write_file_refusals,
+)
+
+LIMITS = Limits(timeout=10, output_bytes=1024 * 1024)
+
+
+@pytest.fixture
+def runner(cluster: None) -> Iterator[HelperRunner]:
+    made = HelperRunner()
+    # alice's helper is up before the reused tests count the gateway's descriptors: it
+    # lives on between actions by design (each asyncio.run replaces it, one for one).
+    asyncio.run(made.run(UnixAccount.lookup("alice"), ["true"], limits=LIMITS))
+    yield made
+    asyncio.run(made.close())
+
+
+@pytest.fixture
+def alice(cluster: None) -> UnixAccount:
+    return UnixAccount.lookup("alice")
+
+
+@pytest.fixture
+def bob(cluster: None) -> UnixAccount:
+    return UnixAccount.lookup("bob")
+
+
+def _ids(pid: int) -> tuple[int, int, set[int]]:
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    uids = {int(word) for word in status["Uid"].split()}
+    gids = {int(word) for word in status["Gid"].split()}
+    assert len(uids) == 1 and len(gids) == 1, "real, effective, saved and fs ids all alike"
+    return uids.pop(), gids.pop(), {int(word) for word in status["Groups"].split()}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_each_user_has_a_helper_of_their_own_with_only_their_identity(
+    runner: HelperRunner, alice: UnixAccount, bob: UnixAccount
+) -> None:
+    async def scenario() -> dict[int, int]:
+        try:
+            await runner.run(alice, ["true"], limits=LIMITS)
+            await runner.run(bob, ["true"], limits=LIMITS)
+            await runner.run(alice, ["true"], limits=LIMITS)
+            helpers = runner.helpers
+            for account in (alice, bob):
+                uid, gid, groups = _ids(helpers[account.uid])
+                assert (uid, gid, groups) == (account.uid, account.gid, set(account.groups))
+                capabilities = Path(f"/proc/{helpers[account.uid]}/status").read_text()
+                assert "CapEff:\t0000000000000000" in capabilities
+            return helpers
+        finally:
+            await runner.close()
+
+    helpers = asyncio.run(scenario())
+    assert len(set(helpers.values())) == 2, "never shared between users"
+    assert wait_for(
+        lambda: all(map(_gone, helpers.values())), timeout=10, what="the helpers to stop"
+    )
+
+
+def test_a_script_write_starts_no_process(runner: HelperRunner, alice: UnixAccount) -> None:
+    path = Path(alice.home) / "helper-test" / "job.sh"
+
+    async def scenario() -> float:
+        try:
+            await runner.run(alice, ["true"], limits=LIMITS)  # the helper is up
+            before = metrics.PROCESSES_SPAWNED._value.get()
+            await runner.write_file(alice, str(path), b"#!/bin/bash\ntrue\n", limits=LIMITS)
+            return float(metrics.PROCESSES_SPAWNED._value.get() - before)
+        finally:
+            await runner.close()
+
+    try:
+        assert asyncio.run(scenario()) == 0
+        assert path.read_bytes() == b"#!/bin/bash\ntrue\n"
+        assert (path.stat().st_uid, path.stat().st_gid) == (alice.uid, alice.gid)
+    finally:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+
+
+def test_a_fifo_is_refused_not_waited_on(runner: HelperRunner, alice: UnixAccount) -> None:
+    fifo = Path(alice.home) / "helper-test.fifo"
+    os.mkfifo(fifo)
+    os.chown(fifo, alice.uid, alice.gid)
+
+    async def scenario() -> None:
+        try:
+            await runner.write_file(alice, str(fifo), b"x", limits=Limits(5, 4096))
+        finally:
+            await runner.close()
+
+    try:
+        with pytest.raises(Exception, match="cannot write"):
+            asyncio.run(scenario())
+    finally:
+        fifo.unlink()
+
+
+def test_the_program_is_born_in_the_actions_cgroup_and_the_helper_goes_home(
+    runner: HelperRunner, alice: UnixAccount
+) -> None:
+    async def scenario() -> tuple[str, str, str]:
+        try:
+            done = await runner.run(alice, ["cat", "/proc/self/cgroup"], limits=LIMITS)
+            helper = runner.helpers[alice.uid]
+            return done.stdout, Path(f"/proc/{helper}/cgroup").read_text(), str(os.getpid())
+        finally:
+            await runner.close()
+
+    program, helper, _ = asyncio.run(scenario())
+    assert "hpcgate.actions/" in program
+    assert "hpcgate.actions/" not in helper
+
+
+def test_idle_helpers_are_reaped(cluster: None, alice: UnixAccount) -> None:
+    runner = HelperRunner(idle_seconds=0.4)
+
+    async def scenario() -> int:
+        try:
+            await runner.run(alice, ["true"], limits=LIMITS)
+            pid = runner.helpers[alice.uid]
+            while alice.uid in runner.helpers:
+                await asyncio.sleep(0.05)
+            return pid
+        finally:
+            await runner.close()
+
+    pid = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert wait_for(lambda: _gone(pid), timeout=10, what="the idle helper to exit")
+
+
+def test_the_number_of_helpers_is_capped(
+    cluster: None, alice: UnixAccount, bob: UnixAccount
+) -> None:
+    runner = HelperRunner(max_helpers=1)
+
+    async def scenario() -> tuple[int, dict[int, int], str]:
+        try:
+            await runner.run(alice, ["true"], limits=LIMITS)
+            alices_helper = runner.helpers[alice.uid]
+            done = await runner.run(bob, ["id", "-un"], limits=LIMITS)
+            return alices_helper, runner.helpers, done.stdout
+        finally:
+            await runner.close()
+
+    alices_helper, helpers, output = asyncio.run(scenario())
+    assert output == "bob\n"
+    assert list(helpers) == [bob.uid], "alice's idle helper made way for bob's"
+    assert wait_for(lambda: _gone(alices_helper), timeout=10, what="the evicted helper to exit")
+
+
+def test_a_dead_helper_is_replaced(runner: HelperRunner, alice: UnixAccount) -> None:
+    async def scenario() -> tuple[int, int, str]:
+        try:
+            await runner.run(alice, ["true"], limits=LIMITS)
+            first = runner.helpers[alice.uid]
+            os.kill(first, signal.SIGKILL)
+            await asyncio.sleep(0)
+            while alice.uid in runner.helpers:
+                await asyncio.sleep(0.05)
+            done = await runner.run(alice, ["id", "-un"], limits=LIMITS)
+            return first, runner.helpers[alice.uid], done.stdout
+        finally:
+            await runner.close()
+
+    first, second, output = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert output == "alice\n" and first != second

@@ -1,0 +1,164 @@
+"""Keyed submits whose record is in doubt: the job is looked up by its tag, as the user.
+
+In-process, on the real cluster: a Machine with the real local runner and Slurm, and an
+idempotency store seeded with the record a dead or confused first attempt left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcgate.accounts import UnixAccount
+from hpcgate.jobspec import JobOptions, Submission
+from hpcgate.process import Completed, Limits
+from hpcgate.runners.local import LocalRunner
+from hpcgate.schedulers.slurm import Slurm
+from hpcgate.services.machine import Machine
+from hpcgate.services.submits import IdempotentSubmits, fingerprint, submit_tag
+from hpcgate.stores.base import PENDING, UNKNOWN, IdempotencyRecord
+from hpcgate.stores.sqlite import SqliteIdempotencyStore
+
+WAIT = 5.0  # how long a first attempt may run, for these tests
+SCRIPT = "#!/bin/bash\nsleep 60\n"
+
+
+@pytest.fixture
+def names(cluster: None) -> Iterator[list[str]]:
+    """Job names whose jobs are cancelled after the test."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        subprocess.run(["scancel", f"--name={name}"], check=False)
+
+
+def machine(path: Path) -> Machine:
+    store = SqliteIdempotencyStore(path)
+    return Machine(
+        "ln3",
+        LocalRunner(),
+        Slurm(),
+        command_limits=Limits(30, 1 << 20),
+        scheduler_limits=Limits(30, 1 << 24),
+        submits=IdempotentSubmits(store, ttl=3600, wait=WAIT),
+    )
+
+
+def jobs_named(name: str) -> dict[str, str]:
+    """Every job called ``name`` the controller knows: id -> comment (as root)."""
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--name={name}", "--Format=JobID:|,Comment:|"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split("|")[:2] for line in listed.stdout.splitlines())
+
+
+def sbatch_as(user: str, *options: str) -> str:
+    done = subprocess.run(
+        ["runuser", "-u", user, "--", "sbatch", "--parsable", "--hold", *options, "--wrap=true"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/tmp",
+    )
+    return done.stdout.strip()
+
+
+def seed(gateway: Machine, key: str, submission: Submission, record: IdempotencyRecord) -> None:
+    assert gateway.submits is not None
+    asyncio.run(gateway.submits.store.put(f"alice:ln3:{key}", record, 3600))
+
+
+def in_doubt(state: str, submission: Submission, *, age: float) -> IdempotencyRecord:
+    """The record a first attempt in another process left, begun ``age`` seconds ago."""
+    return IdempotencyRecord(
+        fingerprint("ln3", submission), state, claimed=time.time() - age, owner="gone:1:dead"
+    )
+
+
+def submit_all(gateway: Machine, key: str, submission: Submission, times: int) -> list[str]:
+    alice = UnixAccount.lookup("alice")
+
+    async def all_at_once() -> list[str]:
+        return list(
+            await asyncio.gather(
+                *(gateway.submit(alice, submission, idempotency_key=key) for _ in range(times))
+            )
+        )
+
+    return asyncio.run(all_at_once())
+
+
+def test_an_attempt_whose_process_died_before_sbatch_is_taken_over_once(
+    names: list[str], tmp_path: Path
+) -> None:
+    name, key = f"over-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    names.append(name)
+    gateway = machine(tmp_path / "state.sqlite")
+    submission = Submission(JobOptions(name=name), script=SCRIPT)
+    seed(gateway, key, submission, in_doubt(PENDING, submission, age=WAIT + 1))
+    jobids = submit_all(gateway, key, submission, 3)
+    assert len(set(jobids)) == 1
+    assert list(jobs_named(name)) == jobids[:1], "racing retries took the key over once"
+
+
+def test_an_unknown_outcome_is_found_by_its_tag(names: list[str], tmp_path: Path) -> None:
+    name, key = f"found-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    names.append(name)
+    gateway = machine(tmp_path / "state.sqlite")
+    submission = Submission(JobOptions(name=name), script=SCRIPT)
+    tag = submit_tag("alice", "ln3", key, fingerprint("ln3", submission))
+    made = sbatch_as("alice", f"--job-name={name}", f"--comment={tag}")
+    seed(gateway, key, submission, in_doubt(UNKNOWN, submission, age=0))
+    assert submit_all(gateway, key, submission, 2) == [made, made]
+    assert list(jobs_named(name)) == [made], "nothing submitted again"
+
+
+def test_a_lost_record_is_found_by_its_tag(names: list[str], tmp_path: Path) -> None:
+    name, key = f"lost-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    names.append(name)
+    gateway = machine(tmp_path / "state.sqlite")  # a new file: it may have lost records
+    submission = Submission(JobOptions(name=name), script=SCRIPT)
+    tag = submit_tag("alice", "ln3", key, fingerprint("ln3", submission))
+    made = sbatch_as("alice", f"--job-name={name}", f"--comment={tag}")
+    assert submit_all(gateway, key, submission, 1) == [made]
+    assert list(jobs_named(name)) == [made]
+
+
+def test_a_forged_comment_never_yields_another_users_job(names: list[str], tmp_path: Path) -> None:
+    name, key = f"forged-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    names.append(name)
+    gateway = machine(tmp_path / "state.sqlite")
+    submission = Submission(JobOptions(name=name), script=SCRIPT)
+    tag = submit_tag("alice", "ln3", key, fingerprint("ln3", submission))
+    bobs = sbatch_as("bob", f"--job-name={name}")
+    # alice's own job whose comment prints as a second line "<bob's job> <tag>" with
+    # the unit separator this lookup used to split on
+    sbatch_as("alice", f"--job-name={name}", f"--comment=x\n{bobs}\x1f{tag}")
+    seed(gateway, key, submission, in_doubt(UNKNOWN, submission, age=WAIT + 1))
+    [jobid] = submit_all(gateway, key, submission, 1)
+    assert jobid != bobs
+    assert jobs_named(name)[jobid] == tag, "a job of alice's own, submitted with the tag"
+
+
+# -- the Slurm side, on recorded output --------------------------------------------------
+
+
+def completed(stdout: str, returncode: int = 0, stderr: str = "") -> Completed:
+    return Completed(("squeue",), returncode, stdout, stderr)
+
+
+def test_slurm_says_nothing_was_submitted_only_when_it_could_not_connect() -> None:
+    slurm = Slurm()
+    refused = "sbatch: error: Batch job submission failed: Unable to contact slurm controller"
+    assert slurm.submitted_nothing(completed("", 1, refused + " (connect failure)"))
+    assert not slurm.submitted_nothing(completed("", 1, "sbatch: error: Socket timed out"))
+    assert not slurm.submitted_nothing(completed("12\n"))

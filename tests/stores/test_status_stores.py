@@ -1,0 +1,145 @@
+"""Both stores behave alike; Redis is the machine's real one (and a private one to kill)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from hpcgate.stores.base import StatusStore, StoreUnavailable
+from hpcgate.stores.memory import MemoryStore
+from hpcgate.stores.redis import RedisStore
+from hpcgate.stores.snapshot import Snapshot
+from tests.conftest import REDIS_URL
+from tests.redis_server import PrivateRedis
+
+
+def snapshot(machine: str, taken: float = 1.0) -> Snapshot:
+    return Snapshot(machine, taken, True, 0.01, (True,), data_taken=taken)
+
+
+def run(body: Callable[[StatusStore], Coroutine[Any, Any, None]], store: StatusStore) -> None:
+    async def main() -> None:
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest, prefix: str) -> Callable[[], StatusStore]:
+    if request.param == "memory":
+        return MemoryStore
+    return lambda: RedisStore(REDIS_URL, prefix=prefix)
+
+
+def test_put_replaces_and_get_many_reads(make_store: Callable[[], StatusStore]) -> None:
+    async def body(store: StatusStore) -> None:
+        await store.put(snapshot("a", 1.0), ttl=60)
+        await store.put(snapshot("a", 2.0), ttl=60)
+        found = await store.get_many(["a", "never"])
+        assert found["a"] == snapshot("a", 2.0) and found["never"] is None
+
+    run(body, make_store())
+
+
+def test_snapshots_expire(make_store: Callable[[], StatusStore]) -> None:
+    async def body(store: StatusStore) -> None:
+        await store.put(snapshot("a"), ttl=0.2)
+        assert await store.get("a") is not None
+        await asyncio.sleep(0.3)
+        assert await store.get("a") is None
+
+    run(body, make_store())
+
+
+def test_last_write_per_machine_and_user(make_store: Callable[[], StatusStore]) -> None:
+    async def body(store: StatusStore) -> None:
+        now = time.time()
+        await store.note_write("a", "alice", now, ttl=0.3)
+        assert await store.last_write("a", "alice") == now
+        assert await store.last_write("a", "bob") is None
+        assert await store.last_write("b", "alice") is None
+        await asyncio.sleep(0.4)
+        assert await store.last_write("a", "alice") is None
+
+    run(body, make_store())
+
+
+def test_two_redis_clients_share_snapshots(prefix: str) -> None:
+    async def body() -> None:
+        writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+        await writer.put(snapshot("shared", 5.0), ttl=60)
+        assert (await reader.get("shared")) == snapshot("shared", 5.0)
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> None:
+    async def body() -> None:
+        writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+        await writer.put(snapshot("a", 1.0), ttl=60)
+        first = await reader.get("a")
+        sent: list[str] = []
+        command = reader.command
+
+        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            sent.extend(args[0] if name == "mget" else [args[0]])
+            return await command(name, *args, **kwargs)
+
+        reader.command = counted  # type: ignore[method-assign]
+        assert await reader.get("a") is first, "the same object: counts and index reused"
+        assert sent == [f"{prefix}stamp:a"], "only the stamp crossed the wire"
+        await writer.put(snapshot("a", 2.0), ttl=60)
+        sent.clear()
+        readers = await asyncio.gather(*(reader.get("a") for _ in range(50)))
+        assert all(found == snapshot("a", 2.0) for found in readers)
+        assert sent.count(f"{prefix}snapshot:a") == 1, "50 readers at once: one fetch, one parse"
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())
+
+
+def test_redis_down_is_a_clear_unavailable_and_recovers(private_redis: PrivateRedis) -> None:
+    async def body() -> None:
+        store = RedisStore(private_redis.url, timeout=1)
+        await store.put(snapshot("a"), ttl=60)
+        private_redis.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            await store.get("a")
+        assert time.monotonic() - started < 5
+        private_redis.start()  # an empty Redis: the snapshot is gone, the client reconnects
+        assert await store.get("a") is None
+        await store.put(snapshot("a"), ttl=60)
+        assert await store.get("a") is not None
+        await store.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_error_never_shows_the_password() -> None:
+    from tests.conftest import free_port
+
+    store = RedisStore(f"redis://hpcgate:s3cret-word@127.0.0.1:{free_port()}/0", timeout=0.5)
+
+    async def read() -> str:
+        try:
+            await store.get("ln3")
+        except StoreUnavailable as exc:
+            return exc.message
+        finally:
+            await store.close()
+        raise AssertionError("a closed port answered")
+
+    message = asyncio.run(read())
+    assert "s3cret-word" not in message and "hpcgate@" not in message
+    assert "redis://127.0.0.1:" in message
