@@ -1,7 +1,7 @@
 """'Never a double job' across a gateway's kill -9, a lost store and an unreachable controller.
 
-Real gateway processes on the real cluster: a burst of keyed submits to the ``slow``
-machine (its sbatch sleeps 2 s) is cut by ``kill -9`` while every submit is inside sbatch;
+Real gateway processes on the real cluster: a burst of keyed submits to the ``slower``
+machine (its sbatch sleeps 6 s) is cut by ``kill -9`` while every submit is inside sbatch;
 the gateway restarts and the same requests are sent again. Slurm is then asked, as root,
 for the jobs of the burst and the tag each carries.
 """
@@ -54,7 +54,17 @@ def config_with(public_dir: Path, store: str) -> str:
         'exec sbatch "$@"\n'
     )
     script.chmod(0o755)
+    # slow enough that a whole burst is inside it at once, however loaded the machine
+    slower = public_dir / "bin" / "slowerbatch"
+    slower.write_text('#!/bin/sh\nsleep 10\nexec sbatch "$@"\n')
+    slower.chmod(0o755)
     return f"""{config}
+[machines.slower]
+description = "sbatch takes six seconds"
+runner = "local"
+path = "{public_dir / "bin"}:/usr/local/bin:/usr/bin:/bin"
+commands = {{ sbatch = "{slower.name}" }}
+
 [machines.nocontroller]
 description = "sbatch cannot contact the controller while {flag} exists"
 runner = "local"
@@ -82,7 +92,7 @@ def jobs_named(name: str) -> dict[str, str]:
 
 
 def submits_in_sbatch(name: str) -> int:
-    """How many submit processes (slowbatch, then sbatch) of jobs ``name`` are running."""
+    """How many submit processes (slowerbatch, then sbatch) of jobs ``name`` are running."""
     count = 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -102,7 +112,7 @@ def send_all(
     def send(index: int) -> None:
         try:
             answers[index] = clients[index].post(
-                "/job/slow",
+                "/job/slower",
                 data={"jobscript": SCRIPT, "jobconf": f'{{"job_name": "{name}"}}'},
                 headers={"Idempotency-Key": keys[index]},
             )

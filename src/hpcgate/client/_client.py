@@ -180,7 +180,7 @@ class Client(_TokenHolder, FileMethods):
                 time.sleep(_backoff(attempt))
                 attempt += 1
                 continue
-            return call.parse(calls.output_of(response))
+            return call.result(response)
 
     def login(self, username: str, password: str) -> str:
         """Log in; the client then sends the returned token with every request."""
@@ -366,7 +366,7 @@ class AsyncClient(_TokenHolder, AsyncFileMethods):
                 await asyncio.sleep(_backoff(attempt))
                 attempt += 1
                 continue
-            return call.parse(calls.output_of(response))
+            return call.result(response)
 
     async def login(self, username: str, password: str) -> str:
         self.token = await self._send(calls.login(username, password))

@@ -36,6 +36,16 @@ class Call(Generic[T]):
     headers: dict[str, str] | None = None
     idempotent: bool = False
     """Safe to send again after a connection error or a 503."""
+    paged: bool = False
+    """``parse`` also takes the total a paged listing's ``X-Total-Count`` header gives."""
+
+    def result(self, response: httpx.Response) -> T:
+        """What ``parse`` makes of the answer (raises the error class of a failed call)."""
+        output = output_of(response)
+        if self.paged:
+            total = int(response.headers.get("x-total-count", len(output)))
+            return self.parse((output, total))
+        return self.parse(output)
 
 
 def output_of(response: httpx.Response) -> Any:

@@ -80,13 +80,17 @@ def file_path(machine: str, path: str) -> str:
 
 
 def _listing(machine: str, path: str, offset: int) -> calls.Call[tuple[list[FileEntry], int]]:
-    def parse(out: Any) -> tuple[list[FileEntry], int]:
-        if isinstance(out, list):  # a file: its own entry
-            return [FileEntry.from_output(entry) for entry in out], len(out)
-        return [FileEntry.from_output(entry) for entry in out["entries"]], int(out["total"])
+    def parse(answer: tuple[list[Any], int]) -> tuple[list[FileEntry], int]:
+        entries, total = answer  # a file: its own entry, and a total of 1
+        return [FileEntry.from_output(entry) for entry in entries], total
 
     return calls.Call(
-        "GET", file_path(machine, path), parse, params={"offset": str(offset)}, idempotent=True
+        "GET",
+        file_path(machine, path),
+        parse,
+        params={"offset": str(offset)},
+        idempotent=True,
+        paged=True,
     )
 
 

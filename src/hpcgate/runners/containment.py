@@ -77,6 +77,28 @@ def _make_parent(mount: Path, own: str) -> Path | None:
     return parent
 
 
+def _end_orphans(parent: Path) -> None:
+    """Kill what actions of gateway processes that are gone left running (a gateway killed
+    with ``kill -9`` leaves its actions behind, e.g. a submit that would still create a job
+    after a restart): each action's cgroup is named after the gateway's PID."""
+    for cgroup in parent.iterdir():
+        owner = cgroup.name.partition("-")[0]
+        if not cgroup.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        members: list[str] = []
+        with contextlib.suppress(OSError):
+            members = (cgroup / "cgroup.procs").read_text().split()
+        if members:
+            with contextlib.suppress(OSError):
+                (cgroup / "cgroup.kill").write_text("1")
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            log.warning("ended %d processes a gone gateway (pid %s) left", len(members), owner)
+        with contextlib.suppress(OSError):  # empty once its processes are reaped
+            cgroup.rmdir()
+
+
 def _enable_pids(parent: Path) -> bool:
     """Enable the v2 pids controller for the children of ``parent``, if the host lets us."""
     if "pids" not in (parent / "cgroup.controllers").read_text().split():
@@ -119,6 +141,9 @@ class Containment:
                 v1_pids_parent = _make_parent(mount, own.get("pids", "/"))
         if v2_pids:
             v1_pids_parent = None
+        for parent in (v2_parent, v1_pids_parent):
+            if parent is not None:
+                _end_orphans(parent)
         found = cls(v2_parent, v2_pids, v1_pids_parent, prlimit)
         log.info("local actions are contained by %s", found.describe())
         return found

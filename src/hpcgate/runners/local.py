@@ -273,7 +273,10 @@ class LocalRunner(Runner):
             except BaseException:
                 kill_now()  # the input failed: the child must not see a clean end
                 raise
-            writer.close()
+            finally:
+                # ...and if the kill came before the child joined its cgroup, it must not
+                # wait for more input forever: whatever it wrote is discarded by the caller
+                writer.close()
 
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(drain_stderr())]
         feeding = asyncio.ensure_future(feed()) if stdin is not None else None

@@ -282,32 +282,28 @@ def _http_date(epoch: float) -> str:
     methods=["GET"],
     summary="List a directory, describe a file, or read it",
     description=(
-        PATH_DOC + " A directory: its entries sorted by name, paged with `limit` and `offset` "
-        "(`output`: `{entries, total, offset, limit}`). A file: its entry. `view=read` or "
-        "`download=true`: the raw bytes (not the envelope), streamed, with `Range` support "
-        "(206, 416). `view=head|tail&lines=N`: text in the envelope. `view=checksum`: the "
-        "SHA-256, computed on the machine."
+        PATH_DOC + " A directory: `output` is the list of its entries sorted by name, paged "
+        "with `limit` and `offset` (the headers `X-Total-Count`, `X-Offset` and `X-Limit` say "
+        "how many there are and which page this is). A file: a list of its one entry. "
+        "`view=read` or `download=true`: the raw bytes (not the envelope), streamed, with "
+        "`Range` support (206, 416). `view=head|tail&lines=N`: text in the envelope. "
+        "`view=checksum`: the SHA-256, computed on the machine."
     ),
     responses=_raw(
         schemas.example(
-            {
-                "entries": [
-                    {
-                        "name": "job.out",
-                        "type": "file",
-                        "perms": "-rw-r--r--",
-                        "hardlinks": 1,
-                        "user": "alice",
-                        "group": "alice",
-                        "size": 6,
-                        "date": "2026-11-28T18:00:00Z",
-                        "symlink": "",
-                    }
-                ],
-                "total": 1,
-                "offset": 0,
-                "limit": 1000,
-            }
+            [
+                {
+                    "name": "job.out",
+                    "type": "file",
+                    "perms": "-rw-r--r--",
+                    "hardlinks": 1,
+                    "user": "alice",
+                    "group": "alice",
+                    "size": 6,
+                    "date": "2026-11-28T18:00:00Z",
+                    "symlink": "",
+                }
+            ]
         )
     ),
 )
@@ -342,14 +338,12 @@ async def read(
     )
     offset = _int(query.get("offset"), "offset", default=0)
     entries, total = await files.listing(account, target, limit=limit, offset=offset)
-    return ok(
-        {
-            "entries": [entry.public() for entry in entries],
-            "total": total,
-            "offset": offset,
-            "limit": limit,
-        }
+    # NEWT's shape: ``output`` is the list of entries; the paging figures travel as headers
+    response = ok([entry.public() for entry in entries])
+    response.headers.update(
+        {"X-Total-Count": str(total), "X-Offset": str(offset), "X-Limit": str(limit)}
     )
+    return response
 
 
 @router.api_route(
