@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -160,8 +160,9 @@ class FileMethods:
 
     _http: httpx.Client
 
-    def _send(self, call: calls.Call[T]) -> T:  # provided by Client
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by Client, which mixes this class in
+
+        def _send(self, call: calls.Call[T]) -> T: ...
 
     def list(self, machine: str, path: str) -> list[FileEntry]:
         """A directory's entries sorted by name (every page), or a file's own entry."""
@@ -300,8 +301,9 @@ class AsyncFileMethods:
 
     _http: httpx.AsyncClient
 
-    async def _send(self, call: calls.Call[T]) -> T:  # provided by AsyncClient
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by AsyncClient, which mixes this class in
+
+        async def _send(self, call: calls.Call[T]) -> T: ...
 
     async def list(self, machine: str, path: str) -> list[FileEntry]:
         entries: list[FileEntry] = []
