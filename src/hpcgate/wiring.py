@@ -63,7 +63,7 @@ def build_gateway(
     submits = IdempotentSubmits(
         stores.idempotency,
         ttl=config.store.idempotency_ttl,
-        wait=2 * config.limits.scheduler_timeout + 10,
+        wait=submit_attempt_limit(config),
     )
     events = build_events(config, list(config.machines))
     machines = {
@@ -205,6 +205,21 @@ def build_machine(
         probe_command=section.probe_command,
         events=events,
         notifications=notifications,
+    )
+
+
+def submit_attempt_limit(config: Config) -> float:
+    """How long a keyed submit may run on the slowest machine: a tag lookup, the script's
+    write, its file check and sbatch, each under that machine's limits, plus room to
+    wait for a connection."""
+    return 10 + max(
+        (
+            2 * limits.scheduler_timeout + 2 * limits.timeout
+            for limits in (
+                section.effective_limits(config.limits) for section in config.machines.values()
+            )
+        ),
+        default=2 * config.limits.scheduler_timeout + 2 * config.limits.timeout,
     )
 
 

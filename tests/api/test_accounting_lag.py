@@ -59,12 +59,6 @@ def slurmdbd_stopped(cluster: None) -> Iterator[None]:
         cluster_script("start-dbd")
 
 
-@pytest.mark.xfail(
-    reason="known gap (issue 12 stays open): slurmctld's DBD agent queue can be empty while "
-    "slurmdbd has not yet committed the records it received, so a 404 can still slip "
-    "through in that window; a stronger signal is needed",
-    strict=False,
-)
 @pytest.mark.parametrize("server", ["local"], indirect=True)  # minutes per transport
 def test_an_ended_job_is_503_or_found_never_404_while_accounting_catches_up(
     alice: httpx.Client, slurmdbd_stopped: None

@@ -1,9 +1,11 @@
 """'Never a double job' across a gateway's kill -9, a lost store and an unreachable controller.
 
 Real gateway processes on the real cluster: a burst of keyed submits to the ``slower``
-machine (its sbatch sleeps 6 s) is cut by ``kill -9`` while every submit is inside sbatch;
+machine (its sbatch sleeps 8 s) is cut by ``kill -9`` while every submit is inside sbatch;
 the gateway restarts and the same requests are sent again. Slurm is then asked, as root,
-for the jobs of the burst and the tag each carries.
+for the jobs of the burst and the tag each carries. The limits are tight so that a replay
+whose record says "pending in a dead process" learns within the attempt limit (40 s)
+that the first attempt is over.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from tests.conftest import (
 )
 
 BURST = 20
+LIMITS = """
+[limits]
+timeout = 3
+scheduler_timeout = 12
+"""
 SCRIPT = "#!/bin/bash\nsleep 60\n"
 NO_CONTROLLER = (
     "sbatch: error: Batch job submission failed: "
@@ -47,6 +54,9 @@ def config_with(public_dir: Path, store: str) -> str:
     """The suite's gateway config with ``store`` as its [store] section, plus a machine
     whose sbatch cannot reach the controller while a flag file exists."""
     config = gateway_config(public_dir, "local", None)  # also makes public_dir/bin
+    suite_limits = "\n[limits]\nscheduler_timeout = 30\n"
+    assert suite_limits in config
+    config = config.replace(suite_limits, LIMITS)
     flag = public_dir / "controller-unreachable"
     script = public_dir / "bin" / "nocontroller-sbatch"
     script.write_text(
@@ -56,11 +66,11 @@ def config_with(public_dir: Path, store: str) -> str:
     script.chmod(0o755)
     # slow enough that a whole burst is inside it at once, however loaded the machine
     slower = public_dir / "bin" / "slowerbatch"
-    slower.write_text('#!/bin/sh\nsleep 10\nexec sbatch "$@"\n')
+    slower.write_text('#!/bin/sh\nsleep 8\nexec sbatch "$@"\n')
     slower.chmod(0o755)
     return f"""{config}
 [machines.slower]
-description = "sbatch takes six seconds"
+description = "sbatch takes eight seconds"
 runner = "local"
 path = "{public_dir / "bin"}:/usr/local/bin:/usr/bin:/bin"
 commands = {{ sbatch = "{slower.name}" }}

@@ -171,7 +171,7 @@ def test_a_burst_of_failures_does_not_delay_another_users_login(
     """200 failed logins at once from one address; alice, from another, is answered while
     every one of those that reached PAM is still waiting out its delay: they wait without
     holding a thread, and the per-address limit refused the rest before PAM."""
-    limit, delay = 20, 30.0
+    limit, delay = 20, 15.0
     server = start_server(
         auth_config(failed_login_delay=delay, max_failures_per_address=limit), public_dir
     )

@@ -173,7 +173,30 @@ def test_a_job_neither_knows_is_404() -> None:
 
     with pytest.raises(NotFound, match="no job 404 on ln3"):
         asyncio.run(machine(runner).job(ALICE, "404"))
-    assert runner.programs()[-1] == "sdiag"
+    assert runner.programs()[-2:] == ["sdiag", "sacct"], "read again after the check"
+
+
+@pytest.mark.parametrize("action", ["detail", "kill"])
+def test_records_that_land_while_the_lag_is_checked_answer_not_404(action: str) -> None:
+    """slurmdbd commits the job between the first accounting read and the check that
+    finds nothing held back: the read made after the check answers."""
+    runner = ReplayRunner()
+    runner.on("squeue", UNKNOWN_TO_THE_CONTROLLER)
+    runner.on("sacct", listing(record("7", "COMPLETED"), record("7.batch", "COMPLETED")))
+    runner.on("sacct", listing(), times=1)  # the first read: not there yet
+    runner.on("sdiag", sdiag(0))
+    ln3 = machine(runner)
+
+    if action == "detail":
+        rows = asyncio.run(ln3.job(ALICE, "7"))
+        assert [(row.id, row.status) for row in rows] == [
+            ("7", "Completed"),
+            ("7.batch", "Completed"),
+        ]
+    else:
+        with pytest.raises(Conflict, match="already finished"):
+            asyncio.run(ln3.cancel(ALICE, "7"))
+    assert "scancel" not in runner.programs()
 
 
 @pytest.mark.parametrize("action", ["detail", "kill"])

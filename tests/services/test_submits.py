@@ -16,14 +16,18 @@ from pathlib import Path
 import pytest
 
 from hpcgate.accounts import UnixAccount
+from hpcgate.config import Config
+from hpcgate.errors import TimedOut
 from hpcgate.jobspec import JobOptions, Submission
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.local import LocalRunner
 from hpcgate.schedulers.slurm import Slurm
 from hpcgate.services.machine import Machine
-from hpcgate.services.submits import IdempotentSubmits, fingerprint, submit_tag
+from hpcgate.services.submits import SETTLE, IdempotentSubmits, fingerprint, submit_tag
 from hpcgate.stores.base import PENDING, UNKNOWN, IdempotencyRecord
+from hpcgate.stores.memory import MemoryIdempotencyStore
 from hpcgate.stores.sqlite import SqliteIdempotencyStore
+from hpcgate.wiring import submit_attempt_limit
 
 WAIT = 5.0  # how long a first attempt may run, for these tests
 SCRIPT = "#!/bin/bash\nsleep 60\n"
@@ -104,7 +108,7 @@ def test_an_attempt_whose_process_died_before_sbatch_is_taken_over_once(
     names.append(name)
     gateway = machine(tmp_path / "state.sqlite")
     submission = Submission(JobOptions(name=name), script=SCRIPT)
-    seed(gateway, key, submission, in_doubt(PENDING, submission, age=WAIT + 1))
+    seed(gateway, key, submission, in_doubt(PENDING, submission, age=WAIT + SETTLE + 1))
     jobids = submit_all(gateway, key, submission, 3)
     assert len(set(jobids)) == 1
     assert list(jobs_named(name)) == jobids[:1], "racing retries took the key over once"
@@ -143,10 +147,46 @@ def test_a_forged_comment_never_yields_another_users_job(names: list[str], tmp_p
     # alice's own job whose comment prints as a second line "<bob's job> <tag>" with
     # the unit separator this lookup used to split on
     sbatch_as("alice", f"--job-name={name}", f"--comment=x\n{bobs}\x1f{tag}")
-    seed(gateway, key, submission, in_doubt(UNKNOWN, submission, age=WAIT + 1))
+    seed(gateway, key, submission, in_doubt(UNKNOWN, submission, age=WAIT + SETTLE + 1))
     [jobid] = submit_all(gateway, key, submission, 1)
     assert jobid != bobs
     assert jobs_named(name)[jobid] == tag, "a job of alice's own, submitted with the tag"
+
+
+def test_a_first_attempt_that_hangs_is_cut_at_its_limit_and_left_in_doubt() -> None:
+    """Whatever a submit waits for, it ends by ``wait``: a retry that later finds no job
+    and takes the key over can never race a first attempt that is still going."""
+    store = MemoryIdempotencyStore()
+    submits = IdempotentSubmits(store, ttl=60, wait=0.3)
+    started = asyncio.Event()
+
+    async def hangs(tag: str) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "never"
+
+    async def attempt() -> tuple[float, IdempotencyRecord | None]:
+        began = time.monotonic()
+        with pytest.raises(TimedOut, match="retry with the same Idempotency-Key"):
+            await submits.submit("alice", "ln3", "k", "digest", hangs)
+        return time.monotonic() - began, await store.get("alice:ln3:k")
+
+    took, record = asyncio.run(attempt())
+    assert took < 5
+    assert record is not None and record.state == UNKNOWN, "the job may exist: in doubt"
+
+
+def test_the_attempt_limit_covers_the_slowest_machine() -> None:
+    config = Config.model_validate(
+        {
+            "limits": {"timeout": 10, "scheduler_timeout": 5},
+            "machines": {
+                "fast": {"runner": "local"},
+                "slow": {"runner": "local", "limits": {"scheduler_timeout": 100}},
+            },
+        }
+    )
+    assert submit_attempt_limit(config) >= 2 * 100 + 2 * 10
 
 
 # -- the Slurm side, on recorded output --------------------------------------------------

@@ -330,23 +330,30 @@ class Machine:
             live = (
                 None if self._final(jobid, history) else await _outcome(self._live(account, jobid))
             )
-        rows = self.scheduler.job_view(jobid, live, history)
-        if not rows:
-            raise await self._unknown_job(account, jobid)
+        rows = self.scheduler.job_view(jobid, live, history) or await self._unknown_job(
+            account, jobid
+        )
         self._check_owner(account, jobid, rows)
         return rows
 
-    async def _unknown_job(self, account: UnixAccount, jobid: str) -> GatewayError:
-        """What to answer for a job neither the controller nor accounting knows: 404, but
-        503 while accounting may still be catching up (after a slurmdbd outage), since a
-        possibly wrong "no job" must never be given."""
+    async def _unknown_job(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
+        """A job neither the controller nor accounting knew: 503 while accounting may
+        still be catching up (after a slurmdbd outage), since a possibly wrong "no job"
+        must never be given; else accounting is read once more, and 404 only if that
+        read, made after the check, does not know it either (the records may have landed
+        between the first read and the check)."""
         argv = self.scheduler.accounting_lag_argv()
-        if argv is not None and await self._lagging(account, argv):
-            return Unavailable(
+        if argv is None:
+            raise NotFound(f"there is no job {jobid} on {self.name}")
+        if await self._lagging(account, argv):
+            raise Unavailable(
                 f"accounting is catching up with the controller of {self.name}; "
                 "try again in a moment"
             )
-        return NotFound(f"there is no job {jobid} on {self.name}")
+        rows = self.scheduler.merge_job_views(jobid, None, await self._history(account, jobid))
+        if not rows:
+            raise NotFound(f"there is no job {jobid} on {self.name}")
+        return rows
 
     async def _lagging(self, account: UnixAccount, argv: list[str]) -> bool:
         # A healthy accounting daemon takes each record within milliseconds, so records
@@ -367,9 +374,9 @@ class Machine:
         """Kill one of the user's jobs that is still queued or running."""
         live = await self._live(account, jobid)
         if live is None:
-            rows = self.scheduler.merge_job_views(jobid, None, await self._history(account, jobid))
-            if not rows:
-                raise await self._unknown_job(account, jobid)
+            rows = self.scheduler.merge_job_views(
+                jobid, None, await self._history(account, jobid)
+            ) or await self._unknown_job(account, jobid)
             self._check_owner(account, jobid, rows)
             raise Conflict(f"job {jobid} has already finished ({rows[0].status}); nothing to kill")
         self._check_owner(account, jobid, [live])

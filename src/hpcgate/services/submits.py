@@ -13,8 +13,10 @@ A retry with the same key and body gets the recorded id. When the record cannot 
 is pending in a process that died, or *unknown* because the scheduler gave no clear
 answer, or missing because the store lost it), the retry looks the tag up among the
 user's jobs, as the user: found, that id is returned and recorded; not found once the
-first attempt is certainly over (``wait`` seconds after it began, past every limit it
-ran under), the key is free and the retry submits. A definite failure (a 4xx, or a 503
+first attempt is certainly over, the key is free and the retry submits. A first attempt
+is cut at ``wait`` seconds (whatever it waits for: a connection, a session, a slow home
+directory), and counts as over ``SETTLE`` seconds later, so that a submit the scheduler
+received just before the cut shows up in the lookup first. A definite failure (a 4xx, or a 503
 that certainly sent nothing, e.g. sbatch could not connect to the controller) frees the
 key at once. The same key with another body is a 409. Keys are per user and machine, and
 expire after ``ttl`` seconds.
@@ -33,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 
 from hpcgate import metrics
-from hpcgate.errors import BadRequest, Conflict, GatewayError, Unavailable
+from hpcgate.errors import BadRequest, Conflict, GatewayError, TimedOut, Unavailable
 from hpcgate.jobspec import Submission
 from hpcgate.process import Completed
 from hpcgate.schedulers.base import Scheduler
@@ -48,6 +50,7 @@ from hpcgate.stores.base import (
 MAX_KEY_LENGTH = 255
 TAG_PREFIX = "hpcgate:"
 LOOKUP_INTERVAL = 1.0  # seconds between tag lookups of one waiting retry
+SETTLE = 5.0  # seconds after a first attempt is cut before its job must be visible
 
 Submit = Callable[[str], Awaitable[str]]
 """Submits the job with the given tag; returns its id."""
@@ -111,8 +114,8 @@ class IdempotentSubmits:
         self.store = store
         self.ttl = ttl
         self.wait = wait
-        """Longest a first attempt can run (its script write and submit, with their
-        limits); a retry waits that long for it, and past it the attempt is over."""
+        """Longest a first attempt may run (its lookup, script write and submit, with
+        their limits); it is cut there, and a retry waits for it that long plus SETTLE."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._running: dict[str, asyncio.Event] = {}  # slots whose attempt runs here
 
@@ -146,24 +149,48 @@ class IdempotentSubmits:
         *,
         look_first: bool,
     ) -> str:
-        """Submit under the claim ``mine``; with ``look_first``, when the store may have
-        lost an earlier record of this key, look for that attempt's job first."""
+        """Submit under the claim ``mine``, cut ``wait`` seconds after it was claimed."""
         running = self._running[slot] = asyncio.Event()
         try:
-            if look_first and find is not None and await self._may_have_lost_records():
-                try:
-                    found = await find(tag, self.ttl)
-                except BaseException:
-                    await self.store.delete(slot)  # nothing was submitted
-                    raise
-                if found is not None:
-                    await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
-                    return found
-            return await self._submit(slot, mine, tag, submit)
+            async with asyncio.timeout_at(self._cut(mine)):
+                return await self._attempt(slot, mine, tag, submit, find, look_first=look_first)
+        except TimeoutError as exc:
+            raise TimedOut(
+                f"the submit took longer than {self.wait:g} s and was cut; the job may "
+                "exist: retry with the same Idempotency-Key to learn its id"
+            ) from exc
         finally:
             running.set()
             if self._running.get(slot) is running:
                 del self._running[slot]
+
+    def _cut(self, mine: IdempotencyRecord) -> float:
+        """When the attempt claimed by ``mine`` is cut, on the event loop's clock."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + max(0.0, mine.claimed + self.wait - time.time())
+
+    async def _attempt(
+        self,
+        slot: str,
+        mine: IdempotencyRecord,
+        tag: str,
+        submit: Submit,
+        find: Finder | None,
+        *,
+        look_first: bool,
+    ) -> str:
+        """Submit; with ``look_first``, when the store may have lost an earlier record of
+        this key, look for that attempt's job first."""
+        if look_first and find is not None and await self._may_have_lost_records():
+            try:
+                found = await find(tag, self.ttl)
+            except BaseException:
+                await self.store.delete(slot)  # nothing was submitted
+                raise
+            if found is not None:
+                await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
+                return found
+        return await self._submit(slot, mine, tag, submit)
 
     async def _submit(self, slot: str, mine: IdempotencyRecord, tag: str, submit: Submit) -> str:
         try:
@@ -192,7 +219,7 @@ class IdempotentSubmits:
         submit: Submit,
         find: Finder | None,
     ) -> str:
-        deadline = time.monotonic() + self.wait
+        deadline = time.monotonic() + self.wait + SETTLE + 2 * LOOKUP_INTERVAL
         next_lookup = 0.0
         while True:
             if record is None:  # freed (a definite failure) or expired: claim it again
@@ -213,7 +240,8 @@ class IdempotentSubmits:
             if record.owner == self.owner and running_here is not None:
                 await asyncio.shield(running_here.wait())  # ends within the submit's limits
             elif find is not None:
-                over = record.owner == self.owner or time.time() > record.claimed + self.wait
+                cut_long_ago = time.time() > record.claimed + self.wait + SETTLE
+                over = record.owner == self.owner or cut_long_ago
                 if over or time.monotonic() >= next_lookup:
                     next_lookup = time.monotonic() + LOOKUP_INTERVAL
                     found = await find(tag, self.ttl)

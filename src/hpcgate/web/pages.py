@@ -398,7 +398,9 @@ async def listing_context(request: Request, visitor: Visitor, name: str) -> dict
         "total": len(listing.jobs),
         "view": view,
         "age": round(age),
-        "poll": SAFETY_POLL if events else next_poll(request, age),
+        # A live listing (after the user's own submit or kill) may show a job between
+        # states, e.g. completing, with no event to follow: look again at the next snapshot.
+        "poll": SAFETY_POLL if events and listing.from_snapshot else next_poll(request, age),
         "events": events,
         "event_names": EVENT_NAMES,
         "section": "jobs",
