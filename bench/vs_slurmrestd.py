@@ -61,7 +61,14 @@ from bench.floor import serve_floor
 from bench.queue_load import wrk
 from hpcgate.accounts import UnixAccount
 
-CONFIG = '[auth]\nbackend = "pam"\n[monitor]\naccount = "hpcmon"\n[machines.ln3]\n'
+CONFIG = """
+[auth]
+backend = "pam"
+[monitor]
+account = "hpcmon"
+[machines.ln3]
+runner = "{runner}"
+"""
 SUBMIT_NAME = "bench-submit"
 SCRIPT = (
     f"#!/bin/bash\n#SBATCH --job-name={SUBMIT_NAME}\n#SBATCH --begin=now+1hour\n"
@@ -329,6 +336,9 @@ def main() -> None:
         default="status,queue,queued,detail,submit",
         help="comma-separated subset",
     )
+    parser.add_argument(
+        "--runner", default="local", help="the gateway's transport: local or local-helper"
+    )
     parser.add_argument("--write", action="store_true", help="write the table to bench/README.md")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
@@ -345,7 +355,7 @@ def main() -> None:
     rows: list[Row] = []
     print(HEADER, flush=True)
     with contextlib.ExitStack() as stack:
-        gateway = stack.enter_context(Gateway(CONFIG))
+        gateway = stack.enter_context(Gateway(CONFIG.format(runner=args.runner)))
         time.sleep(6)  # a first snapshot
         floors = {
             scenario: stack.enter_context(serve_floor(same_size_body(gateway, path)))

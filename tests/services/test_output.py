@@ -7,20 +7,21 @@ import asyncio
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.errors import Forbidden, NotFound
-from hpcgate.process import Limits
+from hpcgate.process import Completed, Limits
 from hpcgate.runners.local import LocalRunner
 from hpcgate.schedulers.base import Scheduler
 from hpcgate.schedulers.slurm import Slurm
 from hpcgate.services.files import FileLimits, FileService
 from hpcgate.services.machine import Machine
-from hpcgate.services.output import JobOutput
+from hpcgate.services.output import BATCH_SECONDS, JobOutput
 from hpcgate.stores.output_paths import MemoryOutputPaths
 from tests.conftest import wait_for
 
@@ -80,8 +81,8 @@ def test_the_record_answers_when_the_controller_does_not(job_dir: Path) -> None:
 class WithoutOutput(Slurm):
     """A scheduler that does not say where jobs write (the interface's default)."""
 
-    def output_paths_argv(self, jobid: str) -> list[str] | None:
-        return Scheduler.output_paths_argv(self, jobid)
+    def output_paths_argv(self, jobid: str, *others: str) -> list[str] | None:
+        return Scheduler.output_paths_argv(self, jobid, *others)
 
 
 def test_a_scheduler_without_output_paths_has_no_job_output(cluster: None) -> None:
@@ -92,3 +93,46 @@ def test_a_scheduler_without_output_paths_has_no_job_output(cluster: None) -> No
             await job_output(MemoryOutputPaths(), WithoutOutput()).read(alice, "1", "stdout", 0, 1)
 
     asyncio.run(main())
+
+
+class CountingRunner(LocalRunner):
+    """The local runner, counting the calls of each program."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+
+    async def run(self, account: UnixAccount, argv: Sequence[str], **kwargs: Any) -> Completed:
+        self.calls.append(list(argv))
+        return await super().run(account, argv, **kwargs)
+
+
+def test_submits_close_together_share_one_lookup_of_their_output_paths(job_dir: Path) -> None:
+    """What each submit used to cost: an squeue of its own, as the user."""
+    alice = UnixAccount.lookup("alice")
+    jobids = [
+        subprocess.run(
+            ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--hold",
+             f"--output={job_dir}/%j-{n}.log", "--wrap=true"],
+            capture_output=True, text=True, check=True, cwd=job_dir,
+        ).stdout.strip()
+        for n in range(3)
+    ]  # fmt: skip
+    runner = CountingRunner()
+    machine = Machine("ln3", runner, Slurm(), command_limits=LIMITS, scheduler_limits=LIMITS)
+    store = MemoryOutputPaths()
+    output = JobOutput(machine, FileService("ln3", runner, FileLimits(LIMITS, LIMITS, 1, 1)), store)
+
+    async def submit_all() -> None:
+        for jobid in jobids:
+            output.submitted(alice, jobid)
+        await asyncio.sleep(BATCH_SECONDS + 3)
+
+    try:
+        asyncio.run(submit_all())
+    finally:
+        subprocess.run(["scancel", *jobids], check=False)
+    assert [argv[0] for argv in runner.calls] == ["squeue"]
+    for n, jobid in enumerate(jobids):
+        record = asyncio.run(store.get("ln3", jobid))
+        assert record is not None and record.stdout == f"{job_dir}/{jobid}-{n}.log"

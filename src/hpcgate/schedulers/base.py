@@ -259,9 +259,10 @@ class Scheduler(ABC):
 
     # -- where a job writes its output (job output) ------------------------------------
 
-    def output_paths_argv(self, jobid: str) -> list[str] | None:
-        """Ask the controller where job ``jobid`` writes its output. None (the default):
-        this scheduler cannot tell, and job output is not available on its machines."""
+    def output_paths_argv(self, jobid: str, *others: str) -> list[str] | None:
+        """Ask the controller where job ``jobid`` (and the ``others``, in the same call)
+        writes its output. None (the default): this scheduler cannot tell, and job output
+        is not available on its machines."""
         return None
 
     def parse_output_paths(self, jobid: str, result: Completed) -> OutputPaths | None:

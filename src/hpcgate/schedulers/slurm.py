@@ -676,9 +676,9 @@ class Slurm(Scheduler):
 
     # where a job writes its output: squeue's patterns, expanded as slurmstepd does
 
-    def output_paths_argv(self, jobid: str) -> list[str] | None:
+    def output_paths_argv(self, jobid: str, *others: str) -> list[str] | None:
 
-        return output_argv(self, jobid)
+        return output_argv(self, jobid, *others)
 
     def parse_output_paths(self, jobid: str, result: Completed) -> OutputPaths | None:
 
@@ -796,12 +796,13 @@ class OutputRow:
         return not needs_host or self.host not in ("", "n/a", "(null)")
 
 
-def output_argv(slurm: Slurm, jobid: str) -> list[str]:
-    """squeue of one job (any state the controller still knows) with its output paths."""
+def output_argv(slurm: Slurm, jobid: str, *others: str) -> list[str]:
+    """squeue of jobs (any state the controller still knows) with their output paths."""
     delimiter = new_delimiter()
     fmt = ",".join(f"{field}:{delimiter}" for field in _OUTPUT_FIELDS)
     squeue = slurm.commands["squeue"]
-    return [squeue, "--noheader", "--states=all", f"--jobs={jobid}", f"--Format={fmt}"]
+    jobs = ",".join((jobid, *others))
+    return [squeue, "--noheader", "--states=all", f"--jobs={jobs}", f"--Format={fmt}"]
 
 
 def parse_output_rows(result: Completed) -> list[OutputRow]:
@@ -840,11 +841,12 @@ def parse_output_rows(result: Completed) -> list[OutputRow]:
 
 
 def row_of(jobid: str, rows: list[OutputRow]) -> OutputRow | None:
-    """The row of ``jobid``: its own (``123`` or ``123_4``), else the first of its array."""
+    """The row of ``jobid``: its own (``123`` or ``123_4``), else the first of its array
+    (``123`` asked, its tasks listed); never another job's, when several were asked."""
     for row in rows:
         if jobid in (row.jobid, row.array_id):
             return row
-    return rows[0] if rows and jobid.isdigit() else None
+    return next((row for row in rows if row.array_job == jobid), None)
 
 
 _UNKNOWN_JOB = re.compile(r"Invalid job id", re.I)

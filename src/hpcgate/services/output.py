@@ -2,8 +2,9 @@
 
 The output paths come from the controller while it knows the job (expanded as the
 scheduler does: :meth:`~hpcgate.schedulers.base.Scheduler.parse_output_paths`) and are
-recorded at submit, and again once
-complete, so output stays readable after the controller forgets the job. Only the job's
+recorded just after submit (one lookup per user for the submits of the last
+``BATCH_SECONDS``), and again once complete, so output stays readable after the
+controller forgets the job. Only the job's
 owner may read it, decided on the uid; the files are then read as that user, through the
 file service, like any other file.
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -33,6 +35,10 @@ POLL_SECONDS = 0.25
 STATE_SECONDS = 2.0
 """How often a follower asks the controller whether the job has ended."""
 HEARTBEAT_SECONDS = 15.0
+BATCH_SECONDS = 0.5
+"""Submits of one user within this share one lookup of their output paths."""
+BATCH_JOBS = 200
+"""Most jobs looked up in one call."""
 EVENT_BYTES = 256 * 1024
 
 
@@ -79,10 +85,17 @@ class JobOutput:
         self.files = files
         self.store = store
         self._background: set[asyncio.Task[None]] = set()
+        self._batches: dict[str, tuple[UnixAccount, list[str]]] = {}
 
     async def _live(self, account: UnixAccount, jobid: str) -> OutputPaths | None:
+        return (await self._live_many(account, [jobid]))[jobid]
+
+    async def _live_many(
+        self, account: UnixAccount, jobids: list[str]
+    ) -> dict[str, OutputPaths | None]:
+        """Each job's output paths as the controller knows them, in one call."""
         scheduler = self.machine.scheduler
-        argv = scheduler.output_paths_argv(jobid)
+        argv = scheduler.output_paths_argv(*jobids)
         if argv is None:
             raise NotFound(f"job output is not available for {self.machine.name}'s scheduler")
         try:
@@ -93,24 +106,43 @@ class JobOutput:
             raise Unavailable(
                 f"the scheduler of {self.machine.name} did not answer in time; try again"
             ) from None
-        return scheduler.parse_output_paths(jobid, done)
+        return {jobid: scheduler.parse_output_paths(jobid, done) for jobid in jobids}
 
     def submitted(self, account: UnixAccount, jobid: str) -> None:
         """A submit listener of the machine: records the job's output paths in the
-        background (the submit's answer does not wait for it)."""
-        task = asyncio.get_running_loop().create_task(self.record_submitted(account, jobid))
+        background (the submit's answer does not wait for it), with the user's other
+        submits of the next ``BATCH_SECONDS`` in one lookup."""
+        batch = self._batches.get(account.name)
+        if batch is None or len(batch[1]) >= BATCH_JOBS:
+            batch = self._batches[account.name] = (account, [])
+            self._in_background(self._record_batch(batch))
+        batch[1].append(jobid)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def record_submitted(self, account: UnixAccount, jobid: str) -> None:
-        """Record a just-submitted job's output paths (best effort: logged on failure)."""
+    async def _record_batch(self, batch: tuple[UnixAccount, list[str]]) -> None:
+        account, jobids = batch
+        await asyncio.sleep(BATCH_SECONDS)
+        if self._batches.get(account.name) is batch:
+            del self._batches[account.name]
+        await self.record_submitted(account, *jobids)
+
+    async def record_submitted(self, account: UnixAccount, *jobids: str) -> None:
+        """Record just-submitted jobs' output paths (best effort: logged on failure)."""
         try:
-            row = await self._live(account, jobid)
-            if row is not None and row.uid == account.uid:
-                await self._keep(jobid, row)
+            rows = await self._live_many(account, list(jobids))
+            for jobid, row in rows.items():
+                if row is not None and row.uid == account.uid:
+                    await self._keep(jobid, row)
         except GatewayError as exc:
             log.warning(
-                "output paths of job %s on %s not recorded: %s", jobid, self.machine.name, exc
+                "output paths of jobs %s on %s not recorded: %s",
+                ",".join(jobids),
+                self.machine.name,
+                exc,
             )
 
     async def _keep(self, jobid: str, row: OutputPaths) -> OutputRecord:
