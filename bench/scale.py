@@ -7,8 +7,9 @@ Needs root and the machine's Redis. Deployed as in production with Redis: one
 ``hpcgate serve`` (no embedded monitor) and one ``hpcgate monitor`` process sharing a
 Redis store (a key prefix of its own, deleted at the end).
 
-- **jobs**: for each N, the cluster holds N held jobs (a tenth alice's, queued through
-  slurmrestd) and the gateway serves one machine;
+- **jobs**: for each N, the cluster holds N held jobs (a tenth alice's, at most
+  ``OWN_JOBS``, so that her own listing stays the same size while the cluster grows;
+  queued through slurmrestd) and the gateway serves one machine;
 - **machines**: with 1,000 jobs held, the gateway serves M machines (all this cluster).
 
 Each row: the monitor's probe time (squeue of every job and sinfo, per machine) and its
@@ -51,6 +52,7 @@ from bench.common import (
 from bench.vs_slurmrestd import cell
 
 INTERVAL = 5.0  # the monitor's default probe interval
+OWN_JOBS = 100  # alice's share of the held jobs, at most
 
 
 @dataclass
@@ -165,9 +167,10 @@ def measure(jobs: int, machines: int, seconds: float) -> Row:
 
 
 def hold(jobs: int) -> None:
-    """Exactly ``jobs`` held jobs in the queue, a tenth of them alice's."""
+    """Exactly ``jobs`` held jobs in the queue, a tenth of them alice's (at most OWN_JOBS)."""
     restd.cancel_all("alice", "bob")
-    restd.fill_queue({"alice": jobs // 10, "bob": jobs - jobs // 10})
+    own = min(OWN_JOBS, jobs // 10)
+    restd.fill_queue({"alice": own, "bob": jobs - own})
 
 
 HEADER = (

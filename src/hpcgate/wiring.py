@@ -209,18 +209,18 @@ def build_machine(
 
 
 def submit_attempt_limit(config: Config) -> float:
-    """How long a keyed submit may run on the slowest machine: a tag lookup, the script's
-    write, its file check and sbatch, each under that machine's limits, plus room to
-    wait for a connection."""
-    return 10 + max(
+    """How long a keyed submit may run before it is cut: two scheduler calls (a tag
+    lookup and sbatch) on the machine with the longest ``scheduler_timeout``, plus 10 s
+    for the script's write and a connection. Whatever runs longer is cut and left in
+    doubt, to be settled by the tag lookup."""
+    slowest = max(
         (
-            2 * limits.scheduler_timeout + 2 * limits.timeout
-            for limits in (
-                section.effective_limits(config.limits) for section in config.machines.values()
-            )
+            section.effective_limits(config.limits).scheduler_timeout
+            for section in config.machines.values()
         ),
-        default=2 * config.limits.scheduler_timeout + 2 * config.limits.timeout,
+        default=config.limits.scheduler_timeout,
     )
+    return 10 + 2 * slowest
 
 
 def build_monitor(gateway: Gateway, names: list[str] | None = None) -> Monitor:

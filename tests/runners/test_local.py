@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -236,3 +237,30 @@ def test_without_cgroups_leftovers_are_still_killed(alice: UnixAccount) -> None:
     except BadRequest as refused:  # RLIMIT_NPROC counts all of alice's processes on the host
         assert "too many processes" in refused.message
     assert_nothing_left(sleep, baseline)
+
+
+def test_what_a_gone_gateway_left_is_ended_and_then_reported_ended(cluster: None) -> None:
+    """A keyed submit's retry may take over early only once this says True: every action
+    of the gone gateway process is killed and its cgroups are removed."""
+    containment = Containment.discover()
+    parents = [p for p in (containment.v2_parent, containment.v1_pids_parent) if p]
+    if not parents:
+        pytest.skip("no usable cgroup on this host")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = subprocess.Popen(["sleep", "60"])  # what the gone gateway's action left running
+    cgroups = [parent / f"{gone.pid}-0" for parent in parents]
+    for cgroup in cgroups:
+        cgroup.mkdir()
+        (cgroup / "cgroup.procs").write_text(str(left.pid))
+    try:
+        assert not containment.end_actions_of(os.getpid()), "a live gateway's actions stay"
+        containment.end_actions_of(gone.pid)
+        assert left.wait(timeout=10) == -9, "killed"
+        wait_for(lambda: containment.end_actions_of(gone.pid), timeout=10, what="the cleanup")
+        assert not any(cgroup.exists() for cgroup in cgroups)
+    finally:
+        left.kill()
+        for cgroup in cgroups:
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()

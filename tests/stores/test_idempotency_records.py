@@ -4,6 +4,8 @@ records survive the process that wrote them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcgate.stores.base import DONE, PENDING, IdempotencyRecord, IdempotencyStore
-from hpcgate.stores.memory import MemoryIdempotencyStore
+from hpcgate.stores.base import DONE, PENDING, IdempotencyRecord, IdempotencyStore, Stores
+from hpcgate.stores.memory import MemoryIdempotencyStore, MemorySessionStore, MemoryStore
+from hpcgate.stores.output_paths import MemoryOutputPaths
 from hpcgate.stores.redis import redis_stores
 from hpcgate.stores.sqlite import SqliteIdempotencyStore
 from tests.conftest import REDIS_URL
@@ -75,3 +78,29 @@ def test_sqlite_claims_race_across_processes_and_outlive_them(tmp_path: Path) ->
     assert kept is not None and kept.owner == f"p{outcomes.index('won')}"
     first = asyncio.run(reopened.kept_since())
     assert first == asyncio.run(SqliteIdempotencyStore(path).kept_since()), "a file's birth"
+
+
+def test_closing_the_stores_closes_the_sqlite_file_and_a_later_use_reopens_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite"
+    store = SqliteIdempotencyStore(path)
+    stores = Stores(MemoryStore(), MemorySessionStore(), store, MemoryOutputPaths())
+
+    async def body() -> None:
+        assert await store.claim("k", PENDING_HERE, 60) is None
+        await stores.close()
+        assert not open_files_of_this_process(path), "closed with the stores"
+        assert await store.get("k") == PENDING_HERE, "a use after close reopens the file"
+        await store.close()
+
+    asyncio.run(body())
+
+
+def open_files_of_this_process(path: Path) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(str(path)):
+                found.append(str(fd))
+    return found

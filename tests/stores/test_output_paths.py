@@ -80,8 +80,8 @@ def test_the_built_gateway_holds_the_output_records_and_closes_them(tmp_path: Pa
 
     async def main() -> None:
         await records.put("ln3", "7", RECORD, 60)
-        assert records._connection is not None
+        assert records.file.is_open
         await built.close()
-        assert records._connection is None
+        assert not records.file.is_open
 
     asyncio.run(main())

@@ -33,6 +33,13 @@ class Runner(ABC):
     async def close(self) -> None:  # noqa: B027 - optional: only runners holding connections
         """Release connections and processes (at shutdown); safe to call twice."""
 
+    def end_actions_of(self, pid: int) -> bool:
+        """End whatever a gone gateway process ``pid`` of this host left running through
+        this runner; True only when none of its actions can still run. The default,
+        False, is right wherever actions may outlive the gateway (e.g. over SSH, on
+        another host): a keyed submit it left then waits out its attempt limit."""
+        return False
+
     @abstractmethod
     async def run(
         self,

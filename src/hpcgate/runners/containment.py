@@ -77,13 +77,16 @@ def _make_parent(mount: Path, own: str) -> Path | None:
     return parent
 
 
-def _end_orphans(parent: Path) -> None:
-    """Kill what actions of gateway processes that are gone left running (a gateway killed
-    with ``kill -9`` leaves its actions behind, e.g. a submit that would still create a job
-    after a restart): each action's cgroup is named after the gateway's PID."""
+def _end_orphans(parent: Path, only: int | None = None) -> None:
+    """Kill what actions of gateway processes that are gone (or of gone process ``only``)
+    left running (a gateway killed with ``kill -9`` leaves its actions behind, e.g. a
+    submit that would still create a job after a restart): each action's cgroup is named
+    after the gateway's PID."""
     for cgroup in parent.iterdir():
         owner = cgroup.name.partition("-")[0]
         if not cgroup.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        if only is not None and int(owner) != only:
             continue
         members: list[str] = []
         with contextlib.suppress(OSError):
@@ -147,6 +150,20 @@ class Containment:
         found = cls(v2_parent, v2_pids, v1_pids_parent, prlimit)
         log.info("local actions are contained by %s", found.describe())
         return found
+
+    def end_actions_of(self, pid: int) -> bool:
+        """End whatever gone gateway process ``pid`` left running; True when none of its
+        actions can still run (each killed and its cgroups removed). False while ``pid``
+        lives, while a killed process is not yet reaped, and where actions are not in
+        cgroups (what it left cannot then be found)."""
+        parents = [parent for parent in (self.v2_parent, self.v1_pids_parent) if parent]
+        if not parents or Path(f"/proc/{pid}").exists():
+            return False
+        for parent in parents:
+            _end_orphans(parent, only=pid)
+        # Only once every cgroup of its actions is removed: a child still on its way in
+        # then fails to enter and exits before running anything.
+        return not any(any(parent.glob(f"{pid}-*")) for parent in parents)
 
     def describe(self) -> str:
         """What contains an action and what bounds its process count, in words."""

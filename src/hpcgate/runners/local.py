@@ -75,6 +75,9 @@ class LocalRunner(Runner):
         # configuration (or in the parent of --workers) makes no cgroup.
         return self._given_containment or _host_containment()
 
+    def end_actions_of(self, pid: int) -> bool:
+        return self._containment.end_actions_of(pid)
+
     @property
     def single_user(self) -> bool:
         """True when the service is not root and so can act only as itself."""

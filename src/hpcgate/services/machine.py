@@ -166,6 +166,7 @@ class Machine:
             fingerprint(self.name, submission),
             lambda tag: self._submit(account, tagged(submission, tag)),
             tag_finder(self.scheduler, lambda argv: self._schedule(account, argv), account.name),
+            self.runner.end_actions_of,
         )
 
     async def _submit(self, account: UnixAccount, submission: Submission) -> str:

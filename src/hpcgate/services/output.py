@@ -4,9 +4,8 @@ The output paths come from the controller while it knows the job (expanded as th
 scheduler does: :meth:`~hpcgate.schedulers.base.Scheduler.parse_output_paths`) and are
 recorded just after submit (one lookup per user for the submits of the last
 ``BATCH_SECONDS``), and again once complete, so output stays readable after the
-controller forgets the job. Only the job's
-owner may read it, decided on the uid; the files are then read as that user, through the
-file service, like any other file.
+controller forgets the job. Only the job's owner may read it, decided on the uid; the
+files are then read as that user, through the file service, like any other file.
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ user's jobs, as the user: found, that id is returned and recorded; not found onc
 first attempt is certainly over, the key is free and the retry submits. A first attempt
 is cut at ``wait`` seconds (whatever it waits for: a connection, a session, a slow home
 directory), and counts as over ``SETTLE`` seconds later, so that a submit the scheduler
-received just before the cut shows up in the lookup first. A definite failure (a 4xx, or a 503
-that certainly sent nothing, e.g. sbatch could not connect to the controller) frees the
-key at once. The same key with another body is a 409. Keys are per user and machine, and
-expire after ``ttl`` seconds.
+received just before the cut shows up in the lookup first. When the attempt's process
+was on this host and is gone (a gateway killed and restarted), and the runner has ended
+what it left running, the attempt is over ``SETTLE`` seconds after that, without waiting
+for the cut. A definite failure (a 4xx, or a 503 that certainly sent nothing, e.g.
+sbatch could not connect to the controller) frees the key at once. The same key with
+another body is a 409. Keys are per user and machine, and expire after ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from hpcgate import metrics
 from hpcgate.errors import BadRequest, Conflict, GatewayError, TimedOut, Unavailable
@@ -56,6 +59,36 @@ Submit = Callable[[str], Awaitable[str]]
 """Submits the job with the given tag; returns its id."""
 Finder = Callable[[str, float], Awaitable[str | None]]
 """The id of the user's job carrying a tag, submitted in the last so many seconds."""
+EndActions = Callable[[int], bool]
+"""Ends what a gone gateway process (by pid, on this host) left running; True when none
+of its actions can still run (:meth:`hpcgate.runners.base.Runner.end_actions_of`)."""
+
+
+def _process_space() -> str:
+    """What makes a pid name the same process: this kernel's boot and pid namespace
+    ('' when unknown: then no record is taken for this host's)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
+PROCESS_SPACE = _process_space()
+
+
+def _host() -> str:
+    return socket.gethostname().replace(":", "_")
+
+
+def local_pid(owner: str) -> int | None:
+    """The pid of the gateway process ``owner`` names when it ran on this host, in this
+    pid namespace; None for any other (another host, container or boot)."""
+    host, pid, _, space = [*owner.split(":"), "", "", "", ""][:4]
+    if not PROCESS_SPACE or space != PROCESS_SPACE or host != _host():
+        return None
+    return int(pid) if pid.isdigit() else None
 
 
 class NothingSubmitted(Unavailable):
@@ -116,8 +149,11 @@ class IdempotentSubmits:
         self.wait = wait
         """Longest a first attempt may run (its lookup, script write and submit, with
         their limits); it is cut there, and a retry waits for it that long plus SETTLE."""
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.settle = SETTLE
+        token = secrets.token_hex(4)
+        self.owner = f"{_host()}:{os.getpid()}:{token}:{PROCESS_SPACE}"
         self._running: dict[str, asyncio.Event] = {}  # slots whose attempt runs here
+        self._ended: dict[int, float] = {}  # gone gateway pids of this host: actions ended at
 
     def _pending(self, digest: str) -> IdempotencyRecord:
         return IdempotencyRecord(digest, PENDING, claimed=time.time(), owner=self.owner)
@@ -130,14 +166,18 @@ class IdempotentSubmits:
         digest: str,
         submit: Submit,
         find: Finder | None = None,
+        end_actions: EndActions | None = None,
     ) -> str:
+        """Submit once per (user, machine, key): ``submit`` runs the attempt, ``find``
+        looks a tag up among the user's jobs, ``end_actions`` ends what a gone gateway
+        process of this host left running on the machine (its runner's)."""
         slot = f"{user}:{machine}:{check_key(key)}"
         tag = submit_tag(user, machine, key, digest)
         mine = self._pending(digest)
         existing = await self.store.claim(slot, mine, self.ttl)
         if existing is None:
             return await self._first(slot, mine, tag, submit, find, look_first=True)
-        return await self._retry(slot, digest, existing, tag, submit, find)
+        return await self._retry(slot, digest, existing, tag, submit, find, end_actions)
 
     async def _first(
         self,
@@ -151,10 +191,13 @@ class IdempotentSubmits:
     ) -> str:
         """Submit under the claim ``mine``, cut ``wait`` seconds after it was claimed."""
         running = self._running[slot] = asyncio.Event()
+        cut = asyncio.timeout_at(self._cut(mine))
         try:
-            async with asyncio.timeout_at(self._cut(mine)):
+            async with cut:
                 return await self._attempt(slot, mine, tag, submit, find, look_first=look_first)
         except TimeoutError as exc:
+            if not cut.expired():
+                raise
             raise TimedOut(
                 f"the submit took longer than {self.wait:g} s and was cut; the job may "
                 "exist: retry with the same Idempotency-Key to learn its id"
@@ -210,6 +253,19 @@ class IdempotentSubmits:
     async def _may_have_lost_records(self) -> bool:
         return await self.store.kept_since() > time.time() - self.ttl
 
+    def _gone_and_ended(self, owner: str, end_actions: EndActions | None) -> bool:
+        """Whether the attempt's process was on this host, is gone, and had what it left
+        running ended at least ``settle`` seconds ago."""
+        pid = local_pid(owner)
+        if end_actions is None or pid is None or pid == os.getpid():
+            return False
+        ended = self._ended.get(pid)
+        if ended is None:
+            if not end_actions(pid):
+                return False
+            ended = self._ended[pid] = time.time()
+        return time.time() > ended + self.settle
+
     async def _retry(
         self,
         slot: str,
@@ -218,8 +274,9 @@ class IdempotentSubmits:
         tag: str,
         submit: Submit,
         find: Finder | None,
+        end_actions: EndActions | None = None,
     ) -> str:
-        deadline = time.monotonic() + self.wait + SETTLE + 2 * LOOKUP_INTERVAL
+        deadline = time.monotonic() + self.wait + self.settle + 2 * LOOKUP_INTERVAL
         next_lookup = 0.0
         while True:
             if record is None:  # freed (a definite failure) or expired: claim it again
@@ -240,8 +297,12 @@ class IdempotentSubmits:
             if record.owner == self.owner and running_here is not None:
                 await asyncio.shield(running_here.wait())  # ends within the submit's limits
             elif find is not None:
-                cut_long_ago = time.time() > record.claimed + self.wait + SETTLE
-                over = record.owner == self.owner or cut_long_ago
+                cut_long_ago = time.time() > record.claimed + self.wait + self.settle
+                over = (
+                    record.owner == self.owner
+                    or cut_long_ago
+                    or self._gone_and_ended(record.owner, end_actions)
+                )
                 if over or time.monotonic() >= next_lookup:
                     next_lookup = time.monotonic() + LOOKUP_INTERVAL
                     found = await find(tag, self.ttl)

@@ -153,6 +153,9 @@ class IdempotencyStore(ABC):
         """Epoch seconds since which this store holds every record written to it. A key
         claimed fresh may still have had a record before then, lost with the store."""
 
+    async def close(self) -> None:  # noqa: B027 - optional: only stores with files need it
+        """Release connections and files."""
+
 
 # -- where each job's output goes ------------------------------------------------------
 
@@ -208,4 +211,5 @@ class Stores:
 
     async def close(self) -> None:
         await self.status.close()
+        await self.idempotency.close()
         await self.output_paths.close()

@@ -10,13 +10,12 @@ raise :class:`~hpcgate.stores.base.StoreUnavailable`.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from hpcgate.stores.base import OutputPathStore, OutputRecord, StoreUnavailable
+from hpcgate.stores.sqlite_file import SqliteFile
 
 
 class MemoryOutputPaths(OutputPathStore):
@@ -35,61 +34,51 @@ class MemoryOutputPaths(OutputPathStore):
         return kept[1]
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_output (
+    machine TEXT NOT NULL,
+    jobid TEXT NOT NULL,
+    record TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (machine, jobid)
+);
+CREATE INDEX IF NOT EXISTS job_output_expires ON job_output (expires);
+"""
+PURGE_EVERY = 300.0  # seconds between sweeps of expired records
+
+
 class SqliteOutputPaths(OutputPathStore):
     """Records in the embedded store's SQLite file (table ``job_output``)."""
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            connection = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS job_output (machine TEXT NOT NULL, jobid TEXT NOT "
-                "NULL, record TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (machine, jobid))"
-            )
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[str]]:
-        def locked() -> list[tuple[str]]:
-            with self._lock:
-                return self._connect().execute(sql, parameters).fetchall()
-
-        try:
-            return await asyncio.to_thread(locked)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(
-                f"the job output records (SQLite file {self.path}) cannot be used: {exc}"
-            ) from None
+        self.file = SqliteFile(path, _SCHEMA, "the job output records", timeout=timeout)
+        self._next_purge = 0.0
 
     async def put(self, machine: str, jobid: str, record: OutputRecord, ttl: float) -> None:
-        now = time.time()
-        await self._run("DELETE FROM job_output WHERE expires <= ?", (now,))
-        await self._run(
-            "INSERT OR REPLACE INTO job_output (machine, jobid, record, expires) "
-            "VALUES (?, ?, ?, ?)",
-            (machine, jobid, record.to_json(), now + ttl),
-        )
+        def put(db: sqlite3.Connection) -> None:
+            now = time.time()
+            if now >= self._next_purge:
+                db.execute("DELETE FROM job_output WHERE expires <= ?", (now,))
+                self._next_purge = now + PURGE_EVERY
+            db.execute(
+                "INSERT OR REPLACE INTO job_output (machine, jobid, record, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (machine, jobid, record.to_json(), now + ttl),
+            )
+
+        await self.file.run(put)
 
     async def get(self, machine: str, jobid: str) -> OutputRecord | None:
-        rows = await self._run(
-            "SELECT record FROM job_output WHERE machine = ? AND jobid = ? AND expires > ?",
-            (machine, jobid, time.time()),
+        rows = await self.file.run(
+            lambda db: db.execute(
+                "SELECT record FROM job_output WHERE machine = ? AND jobid = ? AND expires > ?",
+                (machine, jobid, time.time()),
+            ).fetchall()
         )
         return OutputRecord.from_json(rows[0][0]) if rows else None
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        await self.file.close()
 
 
 class RedisOutputPaths(OutputPathStore):

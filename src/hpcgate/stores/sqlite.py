@@ -11,18 +11,14 @@ keeps (see :mod:`hpcgate.services.submits`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from hpcgate.stores.base import IdempotencyRecord, IdempotencyStore, StoreUnavailable
+from hpcgate.stores.base import IdempotencyRecord, IdempotencyStore
+from hpcgate.stores.sqlite_file import SqliteFile
 
-T = TypeVar("T")
 DEFAULT_FILE_NAME = "hpcgate-state.sqlite"
 PURGE_EVERY = 300.0  # seconds between sweeps of expired records
 
@@ -38,46 +34,17 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class SqliteIdempotencyStore(IdempotencyStore):
-    """Idempotency records in a SQLite file, shared by the gateway processes of one host.
-
-    The file is opened on first use; calls run in a worker thread, one at a time.
-    """
+    """Idempotency records in a SQLite file, shared by the gateway processes of one host."""
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self.file = SqliteFile(
+            path, _SCHEMA, "the idempotency store", timeout=timeout, setup=_note_birth
+        )
         self._next_purge = 0.0
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            connection = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
-            connection.execute(
-                "INSERT OR IGNORE INTO meta (name, value) VALUES ('created', ?)",
-                (repr(time.time()),),
-            )
-            self.path.chmod(0o600)
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return action(self._connect())
-
-        try:
-            return await asyncio.to_thread(locked)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(
-                f"the idempotency store (SQLite file {self.path}) cannot be used: {exc}"
-            ) from None
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
     @staticmethod
     def _live(db: sqlite3.Connection, key: str, now: float) -> IdempotencyRecord | None:
@@ -91,31 +58,24 @@ class SqliteIdempotencyStore(IdempotencyStore):
     ) -> IdempotencyRecord | None:
         def claim(db: sqlite3.Connection) -> IdempotencyRecord | None:
             now = time.time()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if now >= self._next_purge:
-                    db.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
-                    self._next_purge = now + PURGE_EVERY
-                else:
-                    db.execute("DELETE FROM idempotency WHERE key = ? AND expires <= ?", (key, now))
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO idempotency (key, record, expires) VALUES (?, ?, ?)",
-                    (key, record.to_json(), now + ttl),
-                ).rowcount
-                existing = None if inserted else self._live(db, key, now)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return existing
+            if now >= self._next_purge:
+                db.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
+                self._next_purge = now + PURGE_EVERY
+            else:
+                db.execute("DELETE FROM idempotency WHERE key = ? AND expires <= ?", (key, now))
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO idempotency (key, record, expires) VALUES (?, ?, ?)",
+                (key, record.to_json(), now + ttl),
+            ).rowcount
+            return None if inserted else self._live(db, key, now)
 
-        return await self._run(claim)
+        return await self.file.transaction(claim)
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        return await self._run(lambda db: self._live(db, key, time.time()))
+        return await self.file.run(lambda db: self._live(db, key, time.time()))
 
     async def put(self, key: str, record: IdempotencyRecord, ttl: float) -> None:
-        await self._run(
+        await self.file.run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO idempotency (key, record, expires) VALUES (?, ?, ?)",
                 (key, record.to_json(), time.time() + ttl),
@@ -123,41 +83,39 @@ class SqliteIdempotencyStore(IdempotencyStore):
         )
 
     async def delete(self, key: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM idempotency WHERE key = ?", (key,)))
+        await self.file.run(lambda db: db.execute("DELETE FROM idempotency WHERE key = ?", (key,)))
 
     async def swap(
         self, key: str, expected: IdempotencyRecord, record: IdempotencyRecord, ttl: float
     ) -> bool:
         def swap(db: sqlite3.Connection) -> bool:
             now = time.time()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                replaced = self._live(db, key, now) == expected
-                if replaced:
-                    db.execute(
-                        "UPDATE idempotency SET record = ?, expires = ? WHERE key = ?",
-                        (record.to_json(), now + ttl, key),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            replaced = self._live(db, key, now) == expected
+            if replaced:
+                db.execute(
+                    "UPDATE idempotency SET record = ?, expires = ? WHERE key = ?",
+                    (record.to_json(), now + ttl, key),
+                )
             return replaced
 
-        return await self._run(swap)
+        return await self.file.transaction(swap)
 
     async def kept_since(self) -> float:
         def created(db: sqlite3.Connection) -> float:
             row = db.execute("SELECT value FROM meta WHERE name = 'created'").fetchone()
             return float(row[0])
 
-        return await self._run(created)
+        return await self.file.run(created)
 
-    def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+    async def close(self) -> None:
+        await self.file.close()
+
+
+def _note_birth(db: sqlite3.Connection) -> None:
+    """The file's birth, once: records older than it may have been lost with the file."""
+    db.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('created', ?)", (repr(time.time()),)
+    )
 
 
 def default_path() -> Path:

@@ -13,14 +13,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hpcgate.schedulers.base import JobRecord
-from hpcgate.stores.base import StoreUnavailable
 from hpcgate.stores.events import (
     Delivery,
     EventStore,
@@ -32,8 +29,8 @@ from hpcgate.stores.events import (
     record_from_dict,
     record_to_dict,
 )
+from hpcgate.stores.sqlite_file import SqliteFile
 
-T = TypeVar("T")
 PURGE_EVERY = 60.0
 OTHER_PROCESSES_POLL = 1.0  # seconds: how soon appends by another process are seen
 
@@ -77,52 +74,15 @@ class SqliteEventStore(EventStore, WebhookStore):
     def __init__(
         self, path: Path, *, retention: float, max_per_user: int, timeout: float = 5.0
     ) -> None:
-        self.path = path
+        self.file = SqliteFile(path, _SCHEMA, "the event store", timeout=timeout)
         self.retention = retention
         self.max_per_user = max_per_user
-        self.timeout = timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
         self._next_purge = 0.0
         self._appended = asyncio.Event()
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            connection = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
-            self.path.chmod(0o600)
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return action(self._connect())
-
-        try:
-            return await asyncio.to_thread(locked)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(
-                f"the event store (SQLite file {self.path}) cannot be used: {exc}"
-            ) from None
-
-    async def _transaction(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        def transaction(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = action(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return result
-
-        return await self._run(transaction)
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
     # -- events -------------------------------------------------------------------------
 
@@ -171,7 +131,7 @@ class SqliteEventStore(EventStore, WebhookStore):
                 db.execute("DELETE FROM finished_jobs WHERE expires <= ?", (now,))
             return stored
 
-        stored = await self._transaction(append)
+        stored = await self.file.transaction(append)
         if stored:
             woken, self._appended = self._appended, asyncio.Event()
             woken.set()
@@ -185,7 +145,7 @@ class SqliteEventStore(EventStore, WebhookStore):
             found = mark.fetchone()
             return MachineEvents(seen, None if found is None else float(found[0]))
 
-        return await self._run(read)
+        return await self.file.run(read)
 
     async def seen_jobs(self, machine: str, jobids: list[str]) -> dict[str, Seen]:
         def read(db: sqlite3.Connection) -> dict[str, Seen]:
@@ -198,7 +158,7 @@ class SqliteEventStore(EventStore, WebhookStore):
                     found[jobid] = Seen.from_json(row[0])
             return found
 
-        return await self._run(read) if jobids else {}
+        return await self.file.run(read) if jobids else {}
 
     async def read(self, uid: int, after: str | None, limit: int) -> list[JobEvent]:
         position = _seq(after)
@@ -211,14 +171,14 @@ class SqliteEventStore(EventStore, WebhookStore):
             )
             return [JobEvent.from_json(raw, str(seq)) for seq, raw in rows]
 
-        return await self._run(read)
+        return await self.file.run(read)
 
     async def feed_cursor(self) -> str:
         def last(db: sqlite3.Connection) -> str:
             row = db.execute("SELECT MAX(seq) FROM job_events").fetchone()
             return str(row[0] or 0)
 
-        return await self._run(last)
+        return await self.file.run(last)
 
     async def follow(self, cursor: str, timeout: float) -> tuple[str, list[JobEvent]]:
         deadline = time.monotonic() + timeout
@@ -232,7 +192,7 @@ class SqliteEventStore(EventStore, WebhookStore):
 
         while True:
             woken = self._appended  # taken before reading: an append after it wakes us
-            rows = await self._run(read)
+            rows = await self.file.run(read)
             if rows:
                 events = [JobEvent.from_json(raw, str(seq)) for seq, raw in rows]
                 return events[-1].id, events
@@ -246,7 +206,7 @@ class SqliteEventStore(EventStore, WebhookStore):
         self, machine: str, jobid: str, rows: list[JobRecord], ttl: float
     ) -> None:
         text = json.dumps([record_to_dict(row) for row in rows], separators=(",", ":"))
-        await self._run(
+        await self.file.run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO finished_jobs (machine, jobid, rows, expires) "
                 "VALUES (?, ?, ?, ?)",
@@ -262,13 +222,13 @@ class SqliteEventStore(EventStore, WebhookStore):
             ).fetchone()
             return None if row is None else str(row[0])
 
-        text = await self._run(read)
+        text = await self.file.run(read)
         return None if text is None else [record_from_dict(row) for row in json.loads(text)]
 
     # -- webhooks -----------------------------------------------------------------------
 
     async def put_subscription(self, subscription: Subscription) -> None:
-        await self._run(
+        await self.file.run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO webhook_subscriptions (id, uid, subscription) "
                 "VALUES (?, ?, ?)",
@@ -283,7 +243,7 @@ class SqliteEventStore(EventStore, WebhookStore):
             ).fetchone()
             return None if row is None else str(row[0])
 
-        raw = await self._run(read)
+        raw = await self.file.run(read)
         return None if raw is None else Subscription.from_json(raw)
 
     async def subscriptions(self, uid: int) -> list[Subscription]:
@@ -293,7 +253,7 @@ class SqliteEventStore(EventStore, WebhookStore):
             )
             return [str(row[0]) for row in rows]
 
-        found = [Subscription.from_json(raw) for raw in await self._run(read)]
+        found = [Subscription.from_json(raw) for raw in await self.file.run(read)]
         return sorted(found, key=lambda subscription: subscription.created)
 
     async def delete_subscription(self, subscription: Subscription) -> None:
@@ -301,7 +261,7 @@ class SqliteEventStore(EventStore, WebhookStore):
             db.execute("DELETE FROM webhook_subscriptions WHERE id = ?", (subscription.id,))
             db.execute("DELETE FROM webhook_log WHERE subscription = ?", (subscription.id,))
 
-        await self._transaction(delete)
+        await self.file.transaction(delete)
 
     async def enqueue(self, deliveries: list[Delivery], due: float) -> None:
         def enqueue(db: sqlite3.Connection) -> None:
@@ -311,7 +271,7 @@ class SqliteEventStore(EventStore, WebhookStore):
             )
 
         if deliveries:
-            await self._transaction(enqueue)
+            await self.file.transaction(enqueue)
 
     async def claim_due(self, now: float, lease: float, limit: int) -> list[Delivery]:
         def claim(db: sqlite3.Connection) -> list[str]:
@@ -325,10 +285,10 @@ class SqliteEventStore(EventStore, WebhookStore):
             )
             return [str(raw) for _, raw in rows]
 
-        return [Delivery.from_json(raw) for raw in await self._transaction(claim)]
+        return [Delivery.from_json(raw) for raw in await self.file.transaction(claim)]
 
     async def reschedule(self, delivery: Delivery, due: float) -> None:
-        await self._run(
+        await self.file.run(
             lambda db: db.execute(
                 "UPDATE webhook_deliveries SET due = ?, delivery = ? WHERE key = ?",
                 (due, delivery.to_json(), delivery.key),
@@ -336,7 +296,7 @@ class SqliteEventStore(EventStore, WebhookStore):
         )
 
     async def finish(self, delivery: Delivery) -> None:
-        await self._run(
+        await self.file.run(
             lambda db: db.execute("DELETE FROM webhook_deliveries WHERE key = ?", (delivery.key,))
         )
 
@@ -352,7 +312,7 @@ class SqliteEventStore(EventStore, WebhookStore):
                 (subscription_id, subscription_id, size),
             )
 
-        await self._transaction(log)
+        await self.file.transaction(log)
 
     async def delivery_log(self, subscription_id: str) -> list[dict[str, Any]]:
         def read(db: sqlite3.Connection) -> list[str]:
@@ -362,13 +322,10 @@ class SqliteEventStore(EventStore, WebhookStore):
             )
             return [str(row[0]) for row in rows]
 
-        return [json.loads(raw) for raw in await self._run(read)]
+        return [json.loads(raw) for raw in await self.file.run(read)]
 
     async def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        await self.file.close()
 
 
 def _seq(event_id: str | None) -> int:

@@ -1,0 +1,121 @@
+"""One SQLite file of the embedded store, shared by the gateway processes of one host.
+
+Opened on first use, in WAL mode. The schema is set up under a lock file beside it
+(``<file>.lock``): SQLite's switch to WAL does not wait for another process doing the
+same, so gateway processes starting together would otherwise fail at once with
+"database is locked". Calls run in a worker thread, one at a time per file object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from hpcgate.stores.base import StoreUnavailable
+
+T = TypeVar("T")
+
+
+class SqliteFile:
+    """A lazily opened connection to ``path`` with ``schema`` set up, for one store."""
+
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        description: str,
+        *,
+        timeout: float = 5.0,
+        setup: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.description = description
+        """What uses the file, for errors: e.g. 'the idempotency store'."""
+        self.timeout = timeout
+        self.setup = setup
+        """Run once after the schema, under the same lock (e.g. a first row)."""
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection is not None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with _setting_up(self.path):
+                connection = sqlite3.connect(
+                    self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                )
+                try:
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=NORMAL")
+                    connection.executescript(self.schema)
+                    if self.setup is not None:
+                        self.setup(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+            self.path.chmod(0o600)
+            self._connection = connection
+        return self._connection
+
+    async def run(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """``action`` on the connection, in a worker thread; StoreUnavailable on failure."""
+
+        def locked() -> T:
+            with self._lock:
+                return action(self._connect())
+
+        try:
+            return await asyncio.to_thread(locked)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(
+                f"{self.description} (SQLite file {self.path}) cannot be used: {exc}"
+            ) from None
+
+    async def transaction(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """``action`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back if it fails)."""
+
+        def transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = action(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self.run(transaction)
+
+    async def close(self) -> None:
+        """Close the connection; a later call opens it again."""
+
+        def close() -> None:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+        await asyncio.to_thread(close)
+
+
+@contextlib.contextmanager
+def _setting_up(path: Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively (other processes setting up the file wait)."""
+    descriptor = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
