@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
     args = parser.parse_args()
 
-    with Gateway(CONFIG) as gateway:
+    with Gateway(CONFIG.format(runner="local")) as gateway:
         time.sleep(6)  # a first snapshot
         host, port = host_port(gateway.url)
         headers = {"Authorization": f"Bearer {gateway.token('alice')}"}

@@ -63,12 +63,16 @@ def fill_queue(counts: dict[str, int], connections: int = 16) -> None:
             refusals = 0
             while left > 0:
                 left -= 1
-                status, answer = await connection.request(
-                    "POST", f"{API}/job/submit", body, "application/json"
-                )
+                try:
+                    status, answer = await connection.request(
+                        "POST", f"{API}/job/submit", body, "application/json"
+                    )
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    status, answer = 0, repr(exc).encode()  # closed on us: reconnect
                 if status != 200:
                     # e.g. MaxJobCount reached while slurmctld still holds the jobs that
-                    # earlier runs cancelled (it forgets them after MinJobAge)
+                    # earlier runs cancelled (it forgets them after MinJobAge), which
+                    # slurmrestd may answer by closing the connection
                     refusals += 1
                     if refusals > 60:
                         raise RuntimeError(f"slurmrestd refuses submits: {answer[:300]!r}")
@@ -90,3 +94,17 @@ def cancel_all(*users: str) -> None:
     """Cancel the benchmarks' held jobs of ``users`` (and no other job of theirs)."""
     for user in users:
         subprocess.run(["scancel", f"--user={user}", f"--name={HELD_NAME}"], check=False)
+
+
+def held_counts() -> dict[str, int]:
+    """How many of the benchmarks' held jobs each user has queued now."""
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--states=PENDING", f"--name={HELD_NAME}", "--format=%u"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    counts: dict[str, int] = {}
+    for user in listed.stdout.split():
+        counts[user] = counts.get(user, 0) + 1
+    return counts

@@ -161,3 +161,22 @@ def test_async_client(server: Server, public_dir: Path) -> None:
                 await client.queue("ln3")
 
     asyncio.run(body())
+
+
+def test_a_keyed_submit_cut_in_doubt_is_sent_again_with_its_key() -> None:
+    """504 on a keyed submit: the gateway cut the attempt and the job may exist; the same
+    key resent returns it (or submits once)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            body = {"status": "ERROR", "output": "", "status_code": 504, "error": "cut"}
+            return httpx.Response(504, json=body)
+        return httpx.Response(
+            200, json={"status": "OK", "output": {"jobid": "7"}, "status_code": 200, "error": ""}
+        )
+
+    with Client("http://gateway.test", transport=httpx.MockTransport(handler), retries=2) as client:
+        assert client.submit("ln3", script="#!/bin/sh\n") == "7"
+    assert len({r.headers.get("idempotency-key") for r in seen}) == 1 and len(seen) == 2

@@ -47,13 +47,16 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit, setting = self.limit_for(scope["path"])
-        message = (
-            f"the request body is larger than {limit} bytes, the most "
-            f"{scope['method']} {scope['path']} accepts ({setting})"
-        )
+
+        def message() -> str:
+            return (
+                f"the request body is larger than {limit} bytes, the most "
+                f"{scope['method']} {scope['path']} accepts ({setting})"
+            )
+
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, message)  # before reading any of it
+            await _refuse(send, message())  # before reading any of it
             return
         received = 0
 
@@ -63,7 +66,7 @@ class BodyLimit:
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(message)  # the routes answer it in the envelope
+                    raise BodyTooLarge(message())  # the routes answer it in the envelope
             return event
 
         await self.app(scope, counted, send)

@@ -31,22 +31,29 @@ class SecurityHeaders:
         self.extra = [*_HEADERS]
         if hsts:
             self.extra.append((b"strict-transport-security", b"max-age=31536000"))
+        self.extra_api = [*self.extra, _API_CSP]
+        self.names = frozenset(name for name, _ in self.extra_api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"].startswith("/api/docs")
+        extra = self.extra if scope["path"].startswith("/api/docs") else self.extra_api
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                # a response that sets one of these itself (the dashboard's pages: their
-                # own CSP, cacheable static files) keeps its own
-                own = {name.lower() for name, _ in headers}
-                extra = self.extra if docs else [*self.extra, _API_CSP]
-                headers += [header for header in extra if header[0] not in own]
-                message["headers"] = headers
+                headers = message.get("headers", [])
+                names = self.names
+                if any(name.lower() in names for name, _ in headers):
+                    # a response that sets one of these itself (the dashboard's pages:
+                    # their own CSP, cacheable static files) keeps its own
+                    own = {name.lower() for name, _ in headers}
+                    message["headers"] = [
+                        *headers,
+                        *(header for header in extra if header[0] not in own),
+                    ]
+                else:
+                    message["headers"] = [*headers, *extra]
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -30,6 +30,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=+/@-]{1,128}")
 LOGIN_ROUTE = "/api/auth"
 UNMATCHED = "unmatched"
+MAX_SERIES = 4096  # (route, method, status) children kept at hand
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the request being served in this context, if any."""
@@ -42,16 +43,30 @@ def choose_request_id(offered: str | None) -> str:
     return uuid.uuid4().hex
 
 
+# id(route) -> (route, its template): a route's include prefix never changes. Keyed by id
+# because Starlette's routes compare by value and so cannot be hashed; the route is held,
+# so its id is not reused while it is here.
+_templates: dict[int, tuple[object, str]] = {}
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template, e.g. ``/api/job/{name}/{jobid}``; ``unmatched``
     for a path no route knows (raw paths would make one series per URL)."""
     route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    known = _templates.get(id(route))
+    if known is None or known[0] is not route:
+        known = _templates[id(route)] = (route, _template(route, scope["path"]))
+    return known[1]
+
+
+def _template(route: object, path: str) -> str:
     template, pattern = getattr(route, "path", None), getattr(route, "path_regex", None)
     if not isinstance(template, str) or not isinstance(pattern, re.Pattern):
         return UNMATCHED
     # The route may know its path without the prefix of the router it was included with
     # (FastAPI includes routers lazily): that prefix is what precedes the part it matched.
-    path: str = scope["path"]
     for start in (i for i, char in enumerate(path) if char == "/"):
         if pattern.fullmatch(path[start:]):
             template = path[:start] + template
@@ -64,6 +79,9 @@ class Observe:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the metric children of each (route, method, status), found once: labels() takes
+        # a lock and builds its key on every call
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,11 +110,24 @@ class Observe:
             await self.app(scope, receive, tagged)
         finally:
             route, method = route_template(scope), scope["method"]
-            metrics.REQUESTS.labels(route, method, str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(route, method).observe(time.monotonic() - started)
+            counted, timed = self._metrics(route, method, status)
+            counted.inc()
+            timed.observe(time.monotonic() - started)
             if route == LOGIN_ROUTE and method == "POST":
                 metrics.LOGINS.labels(metrics.login_outcome(status)).inc()
             request_id.reset(token)
+
+    def _metrics(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                metrics.REQUESTS.labels(route, method, str(status)),
+                metrics.REQUEST_SECONDS.labels(route, method),
+            )
+            if len(self._children) < MAX_SERIES:
+                self._children[key] = children
+        return children
 
 
 class JsonFormatter(logging.Formatter):

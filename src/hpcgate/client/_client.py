@@ -16,7 +16,8 @@ from hpcgate.client.files import AsyncFileMethods, FileMethods
 from hpcgate.client.models import CommandResult, Job, MachineStatus
 
 T = TypeVar("T")
-RETRY_STATUSES = (429, 503)
+RETRY_STATUSES = (429, 503, 504)
+"""Statuses an idempotent call is sent again on (a keyed submit's 504: cut, in doubt)."""
 
 
 def _base_url(url: str) -> str:
