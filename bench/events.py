@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from bench import restd
 from bench.common import Gateway, describe_machine, ensure_cluster, host_port, write_section
 
 SCRIPT = "#!/bin/bash\ndate +%s.%N\nsleep 3\ndate +%s.%N\n"
@@ -371,6 +372,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update bench/README.md")
     args = parser.parse_args()
     ensure_cluster()
+    restd.forget_in_accounting()  # what earlier runs left
     results = asyncio.run(run(args))
     goal = args.interval / 2 + 0.5
     text = (

@@ -215,6 +215,7 @@ def main() -> None:
     args = parser.parse_args()
 
     restd.start()
+    restd.forget_in_accounting()  # what earlier runs left
     rows: list[Row] = []
     print(HEADER, flush=True)
     for jobs in (int(n) for n in args.jobs.split(",") if n):

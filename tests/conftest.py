@@ -109,6 +109,8 @@ class Server:
         return load_config(self.config_path)
 
     def client(self, **kwargs: Any) -> httpx.Client:
+        # not reused past 4 s: the gateway closes a connection idle for 5 s
+        kwargs.setdefault("limits", httpx.Limits(keepalive_expiry=4.0))
         return httpx.Client(base_url=f"{self.url}/api", timeout=90, **kwargs)
 
     def login(self, user: str) -> httpx.Client:

@@ -193,7 +193,9 @@ class StatusConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    interval: float = Field(5.0, gt=0, description="seconds between probes of a machine")
+    interval: float = Field(
+        5.0, gt=0, description="seconds between probes of a machine, on average (±20%)"
+    )
     history: int = Field(20, ge=1, le=10000, description="health = success rate of last N")
     account: str | None = Field(
         None, description="Unix account probes run as; default nobody (root) or the service user"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from hpcgate.accounts import UnixAccount
@@ -22,6 +23,7 @@ from hpcgate.stores.base import StatusStore, StoreUnavailable
 from hpcgate.stores.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+JITTER = 0.2  # each interval between probes is 0.8x to 1.2x monitor.interval
 
 
 class Monitor:
@@ -131,7 +133,8 @@ class Monitor:
         return list(await asyncio.gather(*(self._probe_and_store(n) for n in self.machines)))
 
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
-        """Probe every ``interval`` seconds until ``stop`` is set (or the task is cancelled)."""
+        """Probe every ``interval`` seconds on average until ``stop`` is set (or the task
+        is cancelled)."""
         stop = stop or asyncio.Event()
         log.info(
             "monitoring %s every %gs as %s",
@@ -145,6 +148,11 @@ class Monitor:
                 await self.run_once()
             except Exception:  # pragma: no cover - run_once already contains failures
                 log.exception("monitor round failed")
-            pause = max(0.0, self.config.interval - (time.monotonic() - started))
+            # The next probe an interval later, give or take a fifth at random: the same
+            # load on average, but never in lockstep with a periodic cycle of the
+            # scheduler (slurmctld starts jobs on a one-second tick; at a fixed phase to
+            # it, every start would wait the same part of the interval).
+            period = self.config.interval * random.uniform(1 - JITTER, 1 + JITTER)
+            pause = max(0.0, period - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=pause)

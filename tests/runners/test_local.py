@@ -255,6 +255,7 @@ def test_what_a_gone_gateway_left_is_ended_and_then_reported_ended(cluster: None
         (cgroup / "cgroup.procs").write_text(str(left.pid))
     try:
         assert not containment.end_actions_of(os.getpid()), "a live gateway's actions stay"
+        assert not containment.end_actions_of(gone_elsewhere()), "nothing of it found here"
         containment.end_actions_of(gone.pid)
         assert left.wait(timeout=10) == -9, "killed"
         wait_for(lambda: containment.end_actions_of(gone.pid), timeout=10, what="the cleanup")
@@ -264,3 +265,11 @@ def test_what_a_gone_gateway_left_is_ended_and_then_reported_ended(cluster: None
         for cgroup in cgroups:
             with contextlib.suppress(OSError):
                 cgroup.rmdir()
+
+
+def gone_elsewhere() -> int:
+    """A process of this host that has ended without leaving a cgroup here (as a gateway
+    of another service unit would, whose actions ran under its own cgroup)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid

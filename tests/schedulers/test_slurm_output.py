@@ -102,3 +102,31 @@ def test_the_scheduler_interface_gives_the_expanded_paths(job_dir: Path) -> None
     broken = Completed(("squeue",), 1, "", "squeue: error: Unable to contact slurm controller")
     with pytest.raises(Unavailable):
         slurm.parse_output_paths(jobid, broken)
+
+
+def test_one_lookup_of_several_jobs_gives_each_its_own_row(cluster: None) -> None:
+    """What the batched lookup after submits relies on: a plain job, an array and a het
+    job asked in one squeue, each found as itself (never another job's first row)."""
+
+    def sbatch(*options: str) -> str:
+        done = subprocess.run(
+            ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--hold", *options],
+            capture_output=True, text=True, check=True, cwd="/tmp",
+        )  # fmt: skip
+        return done.stdout.strip().split(";")[0]
+
+    plain = sbatch("--wrap=true")
+    array = sbatch("--array=1-3", "--wrap=true")
+    het = sbatch("-n1", "--wrap=true", ":", "-n1")
+    try:
+        rows = parse_output_rows(squeue(output_argv(Slurm(), plain, array, het)))
+        found = {jobid: row_of(jobid, rows) for jobid in (plain, array, het, f"{het}+1")}
+        assert {jobid: row.jobid if row else None for jobid, row in found.items()} == {
+            plain: plain,
+            array: array,
+            het: het,
+            f"{het}+1": str(int(het) + 1),
+        }
+        assert row_of("999999999", rows) is None
+    finally:
+        subprocess.run(["scancel", plain, array, het], check=False)

@@ -183,6 +183,35 @@ def test_a_first_attempt_that_hangs_is_cut_at_its_limit_and_left_in_doubt() -> N
     assert record is not None and record.state == UNKNOWN, "the job may exist: in doubt"
 
 
+def test_a_retry_here_after_a_cut_waits_for_a_late_job_before_submitting_again() -> None:
+    """The cut comes when slurmctld is slow, so the cut sbatch may have sent its request:
+    the retry (the client resends at once) looks for that job for ``settle`` seconds."""
+    store = MemoryIdempotencyStore()
+    submits = IdempotentSubmits(store, ttl=60, wait=0.3)
+    submits.settle = 1.0
+    submitted: list[str] = []
+    cut_at: list[float] = []
+
+    async def slow_then_fast(tag: str) -> str:
+        submitted.append(tag)
+        if len(submitted) == 1:
+            await asyncio.sleep(30)  # cut; slurmctld makes the job a moment later
+        return "second"
+
+    async def find(tag: str, within: float) -> str | None:
+        late = cut_at and time.monotonic() > cut_at[0] + 0.5
+        return "77" if late else None
+
+    async def cut_then_retry() -> str:
+        with pytest.raises(TimedOut):
+            await submits.submit("alice", "ln3", "k", "digest", slow_then_fast, find)
+        cut_at.append(time.monotonic())
+        return await submits.submit("alice", "ln3", "k", "digest", slow_then_fast, find)
+
+    assert asyncio.run(cut_then_retry()) == "77"
+    assert len(submitted) == 1, "nothing submitted again"
+
+
 def gone_pid() -> int:
     """The pid of a process of this host that has ended."""
     ended = subprocess.Popen(["true"])

@@ -16,8 +16,15 @@ from hpcgate.client.files import AsyncFileMethods, FileMethods
 from hpcgate.client.models import CommandResult, Job, MachineStatus
 
 T = TypeVar("T")
-RETRY_STATUSES = (429, 503, 504)
-"""Statuses an idempotent call is sent again on (a keyed submit's 504: cut, in doubt)."""
+RETRY_STATUSES = (429, 503)
+"""Statuses an idempotent call is sent again on; a keyed submit also on 504 (the gateway
+cut it and the job may exist: resent with its key, it is found, or submitted once)."""
+
+
+CONNECTION_LIMITS = httpx.Limits(keepalive_expiry=4.0)
+"""An idle connection is not reused after 4 s: the gateway (uvicorn) closes one idle for
+5 s, and a request sent on it just then is lost with "Server disconnected" (for a kill or
+an upload, which are not resent, that is an error the user sees)."""
 
 
 def _base_url(url: str) -> str:
@@ -30,7 +37,9 @@ def _backoff(attempt: int) -> float:
 
 
 def _should_retry(call: calls.Call[Any], attempt: int, retries: int, status: int | None) -> bool:
-    return call.idempotent and attempt < retries and (status is None or status in RETRY_STATUSES)
+    if not call.idempotent or attempt >= retries:
+        return False
+    return status is None or status in RETRY_STATUSES or (status == 504 and call.method == "POST")
 
 
 class _WaitPolicy:
@@ -141,8 +150,8 @@ class Client(_TokenHolder, FileMethods):
     ...     print(job.state, job.exit_code)
 
     Reads are retried with backoff after a connection error or a 503/429, and so are
-    submits: each carries an ``Idempotency-Key``, so the gateway submits it at most once.
-    Kills are never retried.
+    submits (also after a 504, a submit the gateway cut): each carries an
+    ``Idempotency-Key``, so the gateway submits it at most once. Kills are never retried.
     """
 
     _http: httpx.Client
@@ -159,7 +168,11 @@ class Client(_TokenHolder, FileMethods):
     ) -> None:
         self.retries = retries
         self._http = httpx.Client(
-            base_url=_base_url(url), timeout=timeout, verify=verify, transport=transport
+            base_url=_base_url(url),
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            limits=CONNECTION_LIMITS,
         )
         if token:
             self.token = token
@@ -345,7 +358,11 @@ class AsyncClient(_TokenHolder, AsyncFileMethods):
     ) -> None:
         self.retries = retries
         self._http = httpx.AsyncClient(
-            base_url=_base_url(url), timeout=timeout, verify=verify, transport=transport
+            base_url=_base_url(url),
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            limits=CONNECTION_LIMITS,
         )
         if token:
             self.token = token

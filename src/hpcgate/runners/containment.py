@@ -33,7 +33,7 @@ import secrets
 import shutil
 import signal
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,19 @@ def _make_parent(mount: Path, own: str) -> Path | None:
     return parent
 
 
-def _end_orphans(parent: Path, only: int | None = None) -> None:
+def _end_orphans(parent: Path, only: int | None = None) -> set[int]:
     """Kill what actions of gateway processes that are gone (or of gone process ``only``)
     left running (a gateway killed with ``kill -9`` leaves its actions behind, e.g. a
     submit that would still create a job after a restart): each action's cgroup is named
-    after the gateway's PID."""
+    after the gateway's PID. Returns the gone gateways whose cgroups were found."""
+    found: set[int] = set()
     for cgroup in parent.iterdir():
         owner = cgroup.name.partition("-")[0]
         if not cgroup.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
             continue
         if only is not None and int(owner) != only:
             continue
+        found.add(int(owner))
         members: list[str] = []
         with contextlib.suppress(OSError):
             members = (cgroup / "cgroup.procs").read_text().split()
@@ -100,6 +102,7 @@ def _end_orphans(parent: Path, only: int | None = None) -> None:
             log.warning("ended %d processes a gone gateway (pid %s) left", len(members), owner)
         with contextlib.suppress(OSError):  # empty once its processes are reaped
             cgroup.rmdir()
+    return found
 
 
 def _enable_pids(parent: Path) -> bool:
@@ -126,6 +129,8 @@ class Containment:
     """Where each action's v1 pids cgroup is made, when pids is not on v2."""
     prlimit: str | None = None
     """The prlimit program, for RLIMIT_NPROC when no cgroup bounds the process count."""
+    ended: set[int] = field(default_factory=set, compare=False)
+    """Gone gateway processes whose actions' cgroups were found here and killed."""
 
     @classmethod
     def discover(cls) -> Containment:
@@ -144,23 +149,29 @@ class Containment:
                 v1_pids_parent = _make_parent(mount, own.get("pids", "/"))
         if v2_pids:
             v1_pids_parent = None
+        ended: set[int] = set()
         for parent in (v2_parent, v1_pids_parent):
             if parent is not None:
-                _end_orphans(parent)
-        found = cls(v2_parent, v2_pids, v1_pids_parent, prlimit)
+                ended |= _end_orphans(parent)
+        found = cls(v2_parent, v2_pids, v1_pids_parent, prlimit, ended)
         log.info("local actions are contained by %s", found.describe())
         return found
 
     def end_actions_of(self, pid: int) -> bool:
         """End whatever gone gateway process ``pid`` left running; True when none of its
-        actions can still run (each killed and its cgroups removed). False while ``pid``
-        lives, while a killed process is not yet reaped, and where actions are not in
-        cgroups (what it left cannot then be found)."""
+        actions can still run: its actions' cgroups were found here (at discovery or now),
+        killed and removed. False while ``pid`` lives, while a killed process is not yet
+        reaped, when none of its cgroups was ever found here, and where actions are not
+        in cgroups (what it left cannot then be found)."""
         parents = [parent for parent in (self.v2_parent, self.v1_pids_parent) if parent]
         if not parents or Path(f"/proc/{pid}").exists():
             return False
         for parent in parents:
-            _end_orphans(parent, only=pid)
+            self.ended.update(_end_orphans(parent, only=pid))
+        if pid not in self.ended:
+            # Nothing of it here: it had no action running, or it ran under another
+            # cgroup (another service unit), where its actions may still run.
+            return False
         # Only once every cgroup of its actions is removed: a child still on its way in
         # then fails to enter and exits before running anything.
         return not any(any(parent.glob(f"{pid}-*")) for parent in parents)

@@ -841,8 +841,9 @@ def parse_output_rows(result: Completed) -> list[OutputRow]:
 
 
 def row_of(jobid: str, rows: list[OutputRow]) -> OutputRow | None:
-    """The row of ``jobid``: its own (``123`` or ``123_4``), else the first of its array
-    (``123`` asked, its tasks listed); never another job's, when several were asked."""
+    """The row of ``jobid``: its own (``123``, ``123_4``, ``123+1``; a het job's leader
+    lists under its own id), else the first of its array (``123`` asked, its tasks
+    listed); never another job's, when several were asked."""
     for row in rows:
         if jobid in (row.jobid, row.array_id):
             return row

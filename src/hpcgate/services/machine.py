@@ -342,7 +342,8 @@ class Machine:
         still be catching up (after a slurmdbd outage), since a possibly wrong "no job"
         must never be given; else accounting is read once more, and 404 only if that
         read, made after the check, does not know it either (the records may have landed
-        between the first read and the check)."""
+        between the first read and the check). A scheduler that cannot tell whether its
+        accounting lags answers 404 at once."""
         argv = self.scheduler.accounting_lag_argv()
         if argv is None:
             raise NotFound(f"there is no job {jobid} on {self.name}")

@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TypeVar
 
 from hpcgate import metrics
 from hpcgate.errors import BadRequest, Conflict, GatewayError, TimedOut, Unavailable
@@ -53,6 +54,7 @@ from hpcgate.stores.base import (
 MAX_KEY_LENGTH = 255
 TAG_PREFIX = "hpcgate:"
 LOOKUP_INTERVAL = 1.0  # seconds between tag lookups of one waiting retry
+T = TypeVar("T")
 SETTLE = 5.0  # seconds after a first attempt is cut before its job must be visible
 
 Submit = Callable[[str], Awaitable[str]]
@@ -89,6 +91,10 @@ def local_pid(owner: str) -> int | None:
     if not PROCESS_SPACE or space != PROCESS_SPACE or host != _host():
         return None
     return int(pid) if pid.isdigit() else None
+
+
+class _Cut(TimedOut):
+    """A first attempt cut at the attempt limit (504): the job may exist."""
 
 
 class NothingSubmitted(Unavailable):
@@ -153,7 +159,8 @@ class IdempotentSubmits:
         token = secrets.token_hex(4)
         self.owner = f"{_host()}:{os.getpid()}:{token}:{PROCESS_SPACE}"
         self._running: dict[str, asyncio.Event] = {}  # slots whose attempt runs here
-        self._ended: dict[int, float] = {}  # gone gateway pids of this host: actions ended at
+        self._finished: dict[str, float] = {}  # slots whose attempt here ended, and when
+        self._ended: dict[tuple[str, EndActions], float] = {}  # gone owners: actions ended at
 
     def _pending(self, digest: str) -> IdempotencyRecord:
         return IdempotencyRecord(digest, PENDING, claimed=time.time(), owner=self.owner)
@@ -189,28 +196,37 @@ class IdempotentSubmits:
         *,
         look_first: bool,
     ) -> str:
-        """Submit under the claim ``mine``, cut ``wait`` seconds after it was claimed."""
+        """Submit under the claim ``mine``."""
         running = self._running[slot] = asyncio.Event()
-        cut = asyncio.timeout_at(self._cut(mine))
         try:
-            async with cut:
-                return await self._attempt(slot, mine, tag, submit, find, look_first=look_first)
-        except TimeoutError as exc:
-            if not cut.expired():
-                raise
-            raise TimedOut(
-                f"the submit took longer than {self.wait:g} s and was cut; the job may "
-                "exist: retry with the same Idempotency-Key to learn its id"
-            ) from exc
+            return await self._attempt(slot, mine, tag, submit, find, look_first=look_first)
         finally:
+            self._note_finished(slot)
             running.set()
             if self._running.get(slot) is running:
                 del self._running[slot]
 
-    def _cut(self, mine: IdempotencyRecord) -> float:
-        """When the attempt claimed by ``mine`` is cut, on the event loop's clock."""
+    def _note_finished(self, slot: str) -> None:
+        now = time.time()
+        self._finished[slot] = now
+        if len(self._finished) > 1000:  # only the last ``settle`` seconds matter
+            for old in [key for key, at in self._finished.items() if at < now - self.settle]:
+                del self._finished[old]
+
+    async def _within_cut(self, mine: IdempotencyRecord, work: Awaitable[T]) -> T:
+        """``work``, cut ``wait`` seconds after ``mine`` was claimed (raises _Cut)."""
         loop = asyncio.get_running_loop()
-        return loop.time() + max(0.0, mine.claimed + self.wait - time.time())
+        cut = asyncio.timeout_at(loop.time() + max(0.0, mine.claimed + self.wait - time.time()))
+        try:
+            async with cut:
+                return await work
+        except TimeoutError as exc:
+            if not cut.expired():
+                raise
+            raise _Cut(
+                f"the submit took longer than {self.wait:g} s and was cut; the job may "
+                "exist: retry with the same Idempotency-Key to learn its id"
+            ) from exc
 
     async def _attempt(
         self,
@@ -226,9 +242,14 @@ class IdempotentSubmits:
         this key, look for that attempt's job first."""
         if look_first and find is not None and await self._may_have_lost_records():
             try:
-                found = await find(tag, self.ttl)
-            except BaseException:
+                found = await self._within_cut(mine, find(tag, self.ttl))
+            except BaseException as exc:
                 await self.store.delete(slot)  # nothing was submitted
+                if isinstance(exc, _Cut):
+                    raise Unavailable(
+                        "looking for an earlier attempt of this Idempotency-Key took too "
+                        "long; nothing was submitted: try again"
+                    ) from exc
                 raise
             if found is not None:
                 await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
@@ -237,33 +258,43 @@ class IdempotentSubmits:
 
     async def _submit(self, slot: str, mine: IdempotencyRecord, tag: str, submit: Submit) -> str:
         try:
-            jobid = await submit(tag)
+            jobid = await self._within_cut(mine, submit(tag))
         except GatewayError as exc:
             if exc.status_code < 500 or isinstance(exc, NothingSubmitted):
                 await self.store.delete(slot)  # certainly nothing exists: the key is free
-            else:  # unreachable or timed out: the job may exist
+            else:  # unreachable, timed out or cut: the job may exist
                 await self.store.put(slot, replace(mine, state=UNKNOWN), self.ttl)
             raise
         except BaseException:  # cancelled, or a bug: the job may exist all the same
             await self.store.put(slot, replace(mine, state=UNKNOWN), self.ttl)
             raise
+        # outside the cut: the job exists, and its id is what the client gets
         await self.store.put(slot, replace(mine, state=DONE, jobid=jobid), self.ttl)
         return jobid
 
     async def _may_have_lost_records(self) -> bool:
         return await self.store.kept_since() > time.time() - self.ttl
 
+    def _over_here(self, slot: str, owner: str) -> bool:
+        """Whether the attempt was this process's and ended ``settle`` seconds ago (so
+        that a job its sbatch sent just before a cut or a timeout shows up first)."""
+        if owner != self.owner:
+            return False
+        finished = self._finished.get(slot)
+        return finished is None or time.time() > finished + self.settle
+
     def _gone_and_ended(self, owner: str, end_actions: EndActions | None) -> bool:
         """Whether the attempt's process was on this host, is gone, and had what it left
-        running ended at least ``settle`` seconds ago."""
+        running through this machine's runner ended at least ``settle`` seconds ago."""
         pid = local_pid(owner)
         if end_actions is None or pid is None or pid == os.getpid():
             return False
-        ended = self._ended.get(pid)
+        key = (owner, end_actions)  # the owner names one process; each machine its runner
+        ended = self._ended.get(key)
         if ended is None:
             if not end_actions(pid):
                 return False
-            ended = self._ended[pid] = time.time()
+            ended = self._ended[key] = time.time()
         return time.time() > ended + self.settle
 
     async def _retry(
@@ -299,7 +330,7 @@ class IdempotentSubmits:
             elif find is not None:
                 cut_long_ago = time.time() > record.claimed + self.wait + self.settle
                 over = (
-                    record.owner == self.owner
+                    self._over_here(slot, record.owner)
                     or cut_long_ago
                     or self._gone_and_ended(record.owner, end_actions)
                 )
