@@ -68,7 +68,10 @@ class Gateway:
             raise NotFound(f"job output is not available on {name}") from None
 
     async def close(self) -> None:
-        """Close every runner's connections, then the stores (at shutdown)."""
+        """Record what the output services still hold, close every runner's
+        connections, then the stores (at shutdown)."""
+        for output in self.output.values():
+            await output.flush()
         runners = {id(machine.runner): machine.runner for machine in self.machines.values()}
         for runner in runners.values():
             try:

@@ -136,3 +136,25 @@ def test_submits_close_together_share_one_lookup_of_their_output_paths(job_dir: 
     for n, jobid in enumerate(jobids):
         record = asyncio.run(store.get("ln3", jobid))
         assert record is not None and record.stdout == f"{job_dir}/{jobid}-{n}.log"
+
+
+def test_a_shutdown_waits_for_the_output_paths_of_the_last_submits(job_dir: Path) -> None:
+    alice = UnixAccount.lookup("alice")
+    jobid = subprocess.run(
+        ["runuser", "-u", "alice", "--", "sbatch", "--parsable", "--hold",
+         f"--output={job_dir}/last.log", "--wrap=true"],
+        capture_output=True, text=True, check=True, cwd=job_dir,
+    ).stdout.strip()  # fmt: skip
+    store = MemoryOutputPaths()
+    output = job_output(store, Slurm())
+
+    async def submit_then_shut_down() -> None:
+        output.submitted(alice, jobid)
+        await output.flush()  # what Gateway.close() does, before the batch's time is up
+
+    try:
+        asyncio.run(submit_then_shut_down())
+    finally:
+        subprocess.run(["scancel", jobid], check=False)
+    record = asyncio.run(store.get("ln3", jobid))
+    assert record is not None and record.stdout == f"{job_dir}/last.log"

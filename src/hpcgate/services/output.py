@@ -129,6 +129,11 @@ class JobOutput:
             del self._batches[account.name]
         await self.record_submitted(account, *jobids)
 
+    async def flush(self) -> None:
+        """Wait for the batches under way (at most ``BATCH_SECONDS`` and one lookup), so
+        that no job submitted just before a shutdown is left without its record."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     async def record_submitted(self, account: UnixAccount, *jobids: str) -> None:
         """Record just-submitted jobs' output paths (best effort: logged on failure)."""
         try:

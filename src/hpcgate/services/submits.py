@@ -196,10 +196,25 @@ class IdempotentSubmits:
         *,
         look_first: bool,
     ) -> str:
-        """Submit under the claim ``mine``."""
+        """Submit under the claim ``mine``; with ``look_first``, when the store may have
+        lost an earlier record of this key, look for that attempt's job first."""
         running = self._running[slot] = asyncio.Event()
         try:
-            return await self._attempt(slot, mine, tag, submit, find, look_first=look_first)
+            if look_first and find is not None and await self._may_have_lost_records():
+                try:
+                    found = await self._within_cut(mine, find(tag, self.ttl))
+                except BaseException as exc:
+                    await self.store.delete(slot)  # nothing was submitted
+                    if isinstance(exc, _Cut):
+                        raise Unavailable(
+                            "looking for an earlier attempt of this Idempotency-Key took "
+                            "too long; nothing was submitted: try again"
+                        ) from exc
+                    raise
+                if found is not None:
+                    await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
+                    return found
+            return await self._submit(slot, mine, tag, submit)
         finally:
             self._note_finished(slot)
             running.set()
@@ -227,34 +242,6 @@ class IdempotentSubmits:
                 f"the submit took longer than {self.wait:g} s and was cut; the job may "
                 "exist: retry with the same Idempotency-Key to learn its id"
             ) from exc
-
-    async def _attempt(
-        self,
-        slot: str,
-        mine: IdempotencyRecord,
-        tag: str,
-        submit: Submit,
-        find: Finder | None,
-        *,
-        look_first: bool,
-    ) -> str:
-        """Submit; with ``look_first``, when the store may have lost an earlier record of
-        this key, look for that attempt's job first."""
-        if look_first and find is not None and await self._may_have_lost_records():
-            try:
-                found = await self._within_cut(mine, find(tag, self.ttl))
-            except BaseException as exc:
-                await self.store.delete(slot)  # nothing was submitted
-                if isinstance(exc, _Cut):
-                    raise Unavailable(
-                        "looking for an earlier attempt of this Idempotency-Key took too "
-                        "long; nothing was submitted: try again"
-                    ) from exc
-                raise
-            if found is not None:
-                await self.store.put(slot, replace(mine, state=DONE, jobid=found), self.ttl)
-                return found
-        return await self._submit(slot, mine, tag, submit)
 
     async def _submit(self, slot: str, mine: IdempotencyRecord, tag: str, submit: Submit) -> str:
         try:
