@@ -19,7 +19,15 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import Server, gateway_config, ok_output, start_server, stop_server, wait_for
+from tests.conftest import (
+    PASSWORDS,
+    Server,
+    gateway_config,
+    ok_output,
+    start_server,
+    stop_server,
+    wait_for,
+)
 
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 3
@@ -402,3 +410,39 @@ def test_the_largest_script_passes_even_percent_encoded(gateway: Server) -> None
         alice.delete(f"/job/ln3/{jobid}")  # no need to run it
     finally:
         alice.close()
+
+
+# keep-alive: which answers end the connection
+
+
+def test_an_answer_before_the_body_tells_the_client_the_connection_ends(gateway: Server) -> None:
+    alice = gateway.login("alice")
+    bearer = alice.headers["Authorization"]
+    alice.close()
+    with connect(gateway) as sock:
+        head = (
+            "PUT /api/file/ln3/home/alice/.bashrc HTTP/1.1\r\nHost: gateway\r\n"
+            f"Authorization: {bearer}\r\nIf-None-Match: *\r\n"
+            f"Content-Length: {8 * MiB}\r\n\r\n"
+        ).encode()
+        send_until_answered(sock, head, repeated(b"a" * 65536, 8 * MiB))
+        answer = read_answer(sock)
+        assert envelope_error(answer, 412)
+        # a client that kept the connection for its next request would lose that request
+        assert answer[1].get("connection") == "close", answer[1]
+        wait_for(lambda: closed_by_the_gateway(sock), what="the connection to close")
+
+
+def test_a_request_pipelined_behind_another_is_answered(gateway: Server) -> None:
+    # The login's head arrives while the status read is being answered; its body later.
+    form = f"username=alice&password={quote(PASSWORDS['alice'])}".encode()
+    with connect(gateway) as sock:
+        sock.sendall(
+            b"GET /api/job HTTP/1.1\r\nHost: gateway\r\n\r\n"
+            + post_head("/api/auth", "application/x-www-form-urlencoded", length=len(form))
+        )
+        status, headers, body = read_answer(sock)
+        assert status == 200 and headers.get("connection") != "close", headers
+        sock.sendall(form)
+        status, _, body = read_answer(sock)
+        assert status == 200 and body["status"] == "OK", body

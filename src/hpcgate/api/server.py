@@ -208,6 +208,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._arm(self.settings.body_timeout, self._body_timed_out)
         super().on_headers_complete()
+        self._close_if_answered_early(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -218,10 +219,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head, self._in_body, self._head_bytes = True, False, 0
         super().on_message_complete()
 
+    def _close_if_answered_early(self, cycle: Any) -> None:
+        """Tell the client, in the answer's head, that a request answered before its body
+        arrived (401, 412, 413, ...) ends the connection: a client that reused it would
+        lose its next request."""
+        send = cycle.send
+
+        async def send_closing_early(message: Any) -> None:
+            if message["type"] == "http.response.start" and self._answers_early(cycle):
+                cycle.keep_alive = False  # uvicorn then adds "connection: close"
+            await send(message)
+
+        cycle.send = send_closing_early
+
+    def _answers_early(self, cycle: Any) -> bool:
+        # A pipelined request's head is parsed only after the previous body ended, so
+        # the body in progress is this cycle's only when it is the newest.
+        return cycle is self.cycle and self._in_body
+
     def on_response_complete(self) -> None:
-        if self._in_body and not self.transport.is_closing():
+        if not self.pipeline and self._in_body and not self.transport.is_closing():
             # answered before the body arrived (e.g. 401, 413): the rest is not wanted,
-            # and reading it could take as long as the client likes
+            # and reading it could take as long as the client likes. (With a request
+            # waiting in the pipeline, the body in progress is that request's.)
             self.server_state.total_requests += 1
             self._linger_then_close()
             return
