@@ -1,6 +1,6 @@
 """Job events: 0, 1, 100 and 1,000 SSE watchers on a cluster running short jobs.
 
-    .venv/bin/python -m bench.events [--seconds 20] [--watchers 0,1,100,1000] [--write]
+    .venv/bin/python -m bench.events [--seconds 60] [--every 1] [--watchers 0,1,100,1000] [--write]
 
 Needs root and the cluster of scripts/cluster. One real gateway (embedded SQLite store,
 an embedded monitor probing every ``--interval`` s) and, in this process, N watchers
@@ -365,8 +365,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=40, help="submitting, per level")
-    parser.add_argument("--every", type=float, default=2.5, help="seconds between submits")
+    parser.add_argument("--seconds", type=float, default=60, help="submitting, per level")
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between submits")
     parser.add_argument("--interval", type=float, default=2.0, help="monitor.interval")
     parser.add_argument("--watchers", default="0,1,100,1000", help="comma-separated N")
     parser.add_argument("--write", action="store_true", help="update bench/README.md")

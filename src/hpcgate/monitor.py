@@ -17,7 +17,7 @@ import time
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import MonitorConfig, StatusConfig
 from hpcgate.errors import GatewayError
-from hpcgate.services.events import EventService
+from hpcgate.services.events import AccountingRead, EventService
 from hpcgate.services.machine import Machine
 from hpcgate.stores.base import StatusStore, StoreUnavailable
 from hpcgate.stores.snapshot import Snapshot
@@ -106,23 +106,40 @@ class Monitor:
         return f"probe command exited {done.returncode}: {done.stderr.strip()[:200]}"
 
     async def _probe_and_store(self, name: str) -> Snapshot:
-        snapshot = await self.probe(name)
+        # accounting's endings are read while the queue is listed, not after it
+        accounting = asyncio.create_task(self._read_accounting(name))
+        try:
+            snapshot = await self.probe(name)
+        except BaseException:
+            accounting.cancel()
+            raise
         if snapshot.error:
             log.warning("probe of %s failed: %s", name, snapshot.error)
         try:
             await self.store.put(snapshot, ttl=self.status.snapshot_ttl)
         except StoreUnavailable as exc:
             log.warning("could not store the snapshot of %s: %s", name, exc.message)
-        await self._job_events(name, snapshot)
+        await self._job_events(name, snapshot, await accounting)
         return snapshot
 
-    async def _job_events(self, name: str, snapshot: Snapshot) -> None:
+    async def _read_accounting(self, name: str) -> AccountingRead | None:
+        if self.events is None:
+            return None
+        try:
+            return await self.events.read_accounting(self.machines[name], self.account)
+        except Exception:  # a parser bug must not stop the snapshots; observe reads again
+            log.exception("accounting of %s failed unexpectedly", name)
+            return None
+
+    async def _job_events(
+        self, name: str, snapshot: Snapshot, accounting: AccountingRead | None
+    ) -> None:
         """Events from the differences with the last snapshot (and accounting's endings).
         A failure leaves the reported states as they were: the next probe tries again."""
         if self.events is None:
             return
         try:
-            await self.events.observe(self.machines[name], self.account, snapshot)
+            await self.events.observe(self.machines[name], self.account, snapshot, accounting)
         except StoreUnavailable as exc:
             log.warning("could not record the job events of %s: %s", name, exc.message)
         except Exception:  # a bug here must not stop the snapshots

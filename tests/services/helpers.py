@@ -18,7 +18,7 @@ from hpcgate.accounts import UnixAccount
 from hpcgate.errors import Unavailable
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.replay import ReplayRunner, ok
-from hpcgate.schedulers.base import JobRecord, Phase
+from hpcgate.schedulers.base import Ending, JobRecord, Phase
 from hpcgate.schedulers.slurm import Slurm, classified
 from hpcgate.services.machine import Machine
 from hpcgate.services.queue_cache import QueueCache
@@ -120,6 +120,18 @@ class RecordsSlurm(Slurm):
             raise self.error_for(result)
         counts: dict[str, dict[str, int]] = json.loads(result.stdout)
         return counts
+
+    def ended_jobs_argv(self, since: float) -> list[str]:
+        return ["sacct", "--ended"]
+
+    def parse_ended_jobs(self, result: Completed) -> list[Ending]:
+        """The output is the ended jobs' rows, each job's row before its steps."""
+        if not result.ok:
+            raise self.error_for(result)
+        jobs: dict[str, list[JobRecord]] = {}
+        for row in _decoded(result.stdout):
+            jobs.setdefault(row.id.split(".", 1)[0], []).append(row)
+        return [Ending(rows) for rows in jobs.values()]
 
 
 CONTROLLER_DOWN = Unavailable("the scheduler cannot be reached: slurmctld is down")

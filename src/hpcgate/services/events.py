@@ -38,6 +38,7 @@ ENDED = "ended"
 """The kind of a job's last event when accounting never told how it ended."""
 ACCOUNTING_LAG = 60.0  # seconds: each accounting read overlaps the last one by this much
 FORGET_REPORTED_AFTER = 3600.0  # seconds a job's final report is remembered, against repeats
+LATE_READS = (0.3, 0.6)  # pauses before reading accounting again for jobs it lags behind on
 
 
 def state_word(record: JobRecord) -> str:
@@ -176,6 +177,16 @@ class _Round:
         return self.seen.get(jobid)
 
 
+@dataclass(frozen=True)
+class AccountingRead:
+    """One read of the jobs that ended since ``since`` (None: accounting could not be
+    read), begun at ``started``: a monitor makes it while it lists the queue."""
+
+    since: float
+    started: float
+    endings: list[Ending] | None
+
+
 Publisher = Callable[[list[JobEvent]], Awaitable[None]]
 
 
@@ -190,6 +201,7 @@ class EventService(JobEventSink):
         self.webhooks: Webhooks | None = None
         self.emitted = 0
         self._deliverer: asyncio.Task[None] | None = None
+        self._marks: dict[str, float] = {}  # machine -> accounting mark this process stored
 
     def attach(self, webhooks: Webhooks) -> None:
         """Queue webhook deliveries of every event appended here."""
@@ -233,10 +245,28 @@ class EventService(JobEventSink):
         jobid = data["jobid"]
         return JobEvent(seen.uid, machine, jobid, kind, now, data)
 
+    async def read_accounting(
+        self, machine: ProbedMachine, account: UnixAccount
+    ) -> AccountingRead | None:
+        """Read the jobs that ended since the last observation of ``machine``, to be
+        handed to :meth:`observe` with the snapshot taken meanwhile (the two reads at once:
+        an end is reported one accounting read sooner). None before a first observation."""
+        since = self._marks.get(machine.name)
+        if not self.config.enabled or since is None:
+            return None
+        started = time.time()
+        return AccountingRead(since, started, await self._ended(machine, account, since))
+
     async def observe(
-        self, machine: ProbedMachine, account: UnixAccount, snapshot: Snapshot
+        self,
+        machine: ProbedMachine,
+        account: UnixAccount,
+        snapshot: Snapshot,
+        accounting: AccountingRead | None = None,
     ) -> list[JobEvent]:
-        """Turn a new snapshot of ``machine`` into events; returns them (stored)."""
+        """Turn a new snapshot of ``machine`` into events; returns them (stored).
+        ``accounting`` is used when it starts where the stored mark says (otherwise
+        accounting is read here)."""
         if not self.config.enabled or not snapshot.ok:
             return []
         name = machine.name
@@ -254,15 +284,51 @@ class EventService(JobEventSink):
             else:
                 rnd.changes[jobid] = replace(seen, left=rnd.now, at=rnd.now)
         since = None
-        started = time.time()
-        endings = await self._ended(machine, account, kept.since or rnd.now)
+        if accounting is not None and accounting.since == kept.since:
+            started, endings = accounting.started, accounting.endings
+        else:  # a first look, or another monitor moved the mark
+            started = time.time()
+            endings = await self._ended(machine, account, kept.since or rnd.now)
         if endings is not None:
             since = started
             # on a first look, jobs that ended before are only noted, never reported
             await self._finals(name, rnd, endings, announce=not first)
         self._overdue(name, rnd)
         stored = await self.store.append(rnd.events, name, rnd.changes, since)
+        mark = since if since is not None else kept.since
+        if mark is not None:
+            self._marks[name] = mark
         await self._published(stored)
+        if mark is not None and not first:
+            stored += await self._late_endings(machine, account, rnd, mark)
+        return stored
+
+    async def _late_endings(
+        self, machine: ProbedMachine, account: UnixAccount, rnd: _Round, since: float
+    ) -> list[JobEvent]:
+        """The endings of jobs that left the queue in this round before accounting showed
+        them final: accounting is read again shortly (their records are on their way),
+        instead of an interval later."""
+        waiting = {
+            jobid: seen
+            for jobid, seen in rnd.changes.items()
+            if seen is not None and seen.left == rnd.now and not seen.final
+        }
+        stored: list[JobEvent] = []
+        for pause in LATE_READS:
+            if not waiting:
+                break
+            await asyncio.sleep(pause)
+            endings = await self._ended(machine, account, since)
+            if endings is None:
+                break
+            late = _Round(time.time(), waiting)
+            found = [ending for ending in endings if ending.job.id in waiting]
+            await self._finals(machine.name, late, found, announce=True)
+            events = await self.store.append(late.events, machine.name, late.changes)
+            await self._published(events)
+            stored += events
+            waiting = {jobid: seen for jobid, seen in waiting.items() if jobid not in late.changes}
         return stored
 
     def _compare(self, machine: str, rnd: _Round, job: JobRecord, *, announce: bool) -> None:

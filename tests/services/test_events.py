@@ -1,0 +1,121 @@
+"""How the monitor's probes become job events (fast tier: a replayed Slurm, the embedded
+event store): accounting read while the queue is listed, and read again shortly for a
+job that left the queue before accounting showed how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hpcgate.config import EventsConfig, MonitorConfig, StatusConfig
+from hpcgate.monitor import Monitor
+from hpcgate.runners.replay import ReplayRunner
+from hpcgate.services import events
+from hpcgate.services.events import EventService
+from hpcgate.stores.events import JobEvent
+from hpcgate.stores.memory import MemoryStore
+from hpcgate.stores.sqlite_events import SqliteEventStore
+from tests.services.helpers import ALICE, listing, machine, record
+
+HPCMON = ALICE  # the monitor's account does not matter to a replayed Slurm
+
+
+def monitor_of(runner: ReplayRunner, tmp_path: Path) -> tuple[Monitor, EventService]:
+    store = SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000)
+    service = EventService(store, EventsConfig())
+    monitor = Monitor(
+        {"ln3": machine(runner)},
+        MemoryStore(),
+        HPCMON,
+        MonitorConfig(interval=1),
+        StatusConfig(),
+        events=service,
+    )
+    return monitor, service
+
+
+def kinds(found: list[JobEvent]) -> list[tuple[str, str]]:
+    return [(event.jobid, event.kind) for event in found]
+
+
+def test_accounting_is_read_while_the_queue_is_listed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("sacct", listing())
+        runner.on("squeue", listing(record("7")))
+        monitor, service = monitor_of(runner, tmp_path)
+        await monitor.run_once()  # the first look: nothing to read since yet
+        # now the listing is answered only once accounting has been asked: read one after
+        # the other, the listing would time out and the probe fail
+        asked = asyncio.Event()
+
+        def asking(argv: tuple[str, ...]) -> bool:
+            if argv[0] == "sacct":
+                asked.set()
+            return True
+
+        runner.on("sacct", listing(), when=asking)
+        runner.on("squeue", listing(record("7")), gate=asked)
+        [snapshot] = await monitor.run_once()
+        assert snapshot.ok, snapshot.error
+        assert runner.programs().count("sacct") == 2, "accounting read once per probe"
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_that_left_before_accounting_showed_its_end_is_reported_at_a_late_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "LATE_READS", (0.01, 0.01))
+
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("squeue", listing(record("7")))
+        runner.on("sacct", listing())
+        monitor, service = monitor_of(runner, tmp_path)
+        await monitor.run_once()  # job 7 running: the baseline
+        runner.on("squeue", listing())  # it left the queue...
+        runner.on("sacct", listing(record("7", "COMPLETED")))
+        runner.on("sacct", listing(), times=1)  # ...before accounting had its end
+        await monitor.run_once()
+        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        assert kinds(found) == [("7", "completed")]
+        assert found[0].data["previous_state"] == "RUNNING"
+        assert runner.programs().count("sacct") == 3, "the probe's read, then one late read"
+        await monitor.run_once()  # the next probe finds it again: nothing is repeated
+        assert kinds(await service.read(ALICE.uid, None, events.EventFilter(), 100)) == [
+            ("7", "completed")
+        ]
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_late_reads_give_up_and_leave_the_job_to_the_next_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "LATE_READS", (0.01, 0.01))
+
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("squeue", listing(record("7")))
+        runner.on("sacct", listing())
+        monitor, service = monitor_of(runner, tmp_path)
+        await monitor.run_once()
+        runner.on("squeue", listing())
+        await monitor.run_once()  # left; accounting has nothing in its read or two late ones
+        assert runner.programs().count("sacct") == 4
+        assert await service.read(ALICE.uid, None, events.EventFilter(), 100) == []
+        runner.on("sacct", listing(record("7", "FAILED", exit_code="3:0")))
+        await monitor.run_once()
+        [failed] = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        assert (failed.kind, failed.data["exit_code"]) == ("failed", 3)
+        await service.close()
+
+    asyncio.run(scenario())
