@@ -11,6 +11,7 @@ understood.
 
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 import re
@@ -90,12 +91,17 @@ def phase_of(state: str) -> Phase | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def classes_of(state: str) -> tuple[Phase | None, str]:
+    """The phase and short code a Slurm state (as printed) says."""
+    word = state_word(state)
+    return phase_of(state), STATE_CODES.get(word, word[:2] or "??")
+
+
 def classified(record: JobRecord) -> JobRecord:
     """``record`` with the phase and short code its Slurm state word says."""
-    word = state_word(record.state)
-    return replace(
-        record, phase=phase_of(record.state), code=STATE_CODES.get(word, word[:2] or "??")
-    )
+    phase, code = classes_of(record.state)
+    return replace(record, phase=phase, code=code)
 
 
 # Free text a user writes (the job name) comes LAST in every format, the job id first.
@@ -216,6 +222,27 @@ def listing_rows(result: Completed, width: int) -> Iterator[list[str]]:
 def _valid(row: list[str], checks: tuple[re.Pattern[str] | None, ...]) -> bool:
     """Whether every cell of ``row`` matches its check (None: free text, unchecked)."""
     return all(check is None or check.match(cell) for cell, check in zip(row, checks, strict=True))
+
+
+class _Checks:
+    """:func:`_valid` for the rows of one long listing, checking each distinct cell once:
+    100,000 queued jobs have few distinct users, states, partitions or reasons."""
+
+    REMEMBERED = 4096  # distinct passing values kept per column (job ids are all distinct)
+
+    def __init__(self, checks: tuple[re.Pattern[str] | None, ...]) -> None:
+        self.checks = checks
+        self.passed: list[set[str]] = [set() for _ in checks]
+
+    def __call__(self, row: list[str]) -> bool:
+        for cell, check, passed in zip(row, self.checks, self.passed, strict=True):
+            if check is None or cell in passed:
+                continue
+            if not check.match(cell):
+                return False
+            if len(passed) < self.REMEMBERED:
+                passed.add(cell)
+        return True
 
 
 _QUEUE_CHECKS = (
@@ -442,27 +469,29 @@ class Slurm(Scheduler):
         return _first_of_each(result, self._queue_records(result))
 
     def _queue_records(self, result: Completed) -> Iterator[JobRecord]:
+        valid = _Checks(_QUEUE_CHECKS)
         for row in listing_rows(result, len(_QUEUE_FIELDS)):
             *fixed, name = row  # the name exactly as Slurm stores it
             fixed = [cell.strip() for cell in fixed]
-            if not _valid([*fixed, name], _QUEUE_CHECKS):
+            if not valid([*fixed, name]):
                 log_dropped(result, row)
                 continue
             jobid, uid, user, state, partition, used, nodes, tasks, reason, status = fixed
-            yield classified(
-                JobRecord(
-                    id=jobid,
-                    name=name,
-                    user=user,
-                    state=state,
-                    partition=partition,
-                    elapsed=used,
-                    nodes=_int(nodes),
-                    tasks=_int(tasks) or None,
-                    nodelist=reason,
-                    exit_code=_exit_code(status),
-                    uid=int(uid),
-                )
+            phase, code = classes_of(state)
+            yield JobRecord(
+                id=jobid,
+                name=name,
+                user=user,
+                state=state,
+                partition=partition,
+                elapsed=used,
+                nodes=_int(nodes),
+                tasks=_int(tasks) or None,
+                nodelist=reason,
+                exit_code=_exit_code(status),
+                phase=phase,
+                code=code,
+                uid=int(uid),
             )
 
     # accounting
