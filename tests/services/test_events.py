@@ -14,7 +14,7 @@ from hpcgate.monitor import Monitor
 from hpcgate.runners.replay import ReplayRunner
 from hpcgate.services import events
 from hpcgate.services.events import EventService
-from hpcgate.stores.events import JobEvent
+from hpcgate.stores.events import JobEvent, MachineEvents, Seen
 from hpcgate.stores.memory import MemoryStore
 from hpcgate.stores.sqlite_events import SqliteEventStore
 from tests.services.helpers import ALICE, listing, machine, record
@@ -116,6 +116,49 @@ def test_late_reads_give_up_and_leave_the_job_to_the_next_probes(
         await monitor.run_once()
         [failed] = await service.read(ALICE.uid, None, events.EventFilter(), 100)
         assert (failed.kind, failed.data["exit_code"]) == ("failed", 3)
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_reported_states_are_read_whole_once_then_only_for_jobs_that_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("sacct", listing())
+        runner.on("squeue", listing(*(record(str(n)) for n in range(1, 101))))
+        monitor, service = monitor_of(runner, tmp_path)
+        whole: list[str] = []
+        asked: list[list[str]] = []
+        machine_events, seen_jobs = service.store.machine_events, service.store.seen_jobs
+
+        async def whole_read(machine: str) -> MachineEvents:
+            whole.append(machine)
+            return await machine_events(machine)
+
+        async def some_read(machine: str, jobids: list[str]) -> dict[str, Seen]:
+            asked.append(sorted(jobids, key=int))
+            return await seen_jobs(machine, jobids)
+
+        monkeypatch.setattr(service.store, "machine_events", whole_read)
+        monkeypatch.setattr(service.store, "seen_jobs", some_read)
+        for _ in range(3):
+            await monitor.run_once()
+        assert whole == ["ln3"] and asked == [[], []]
+        # job 5 changes; the gateway reports a submit (101) and a kill (7) on its own
+        await service.submitted("ln3", ALICE, "101", "job")
+        await service.cancelled("ln3", ALICE, "7", record("7"))
+        asked.clear()
+        states = {str(n): "RUNNING" for n in range(1, 101)}
+        states |= {"5": "SUSPENDED", "7": "COMPLETING", "101": "PENDING"}
+        runner.on("squeue", listing(*(record(jobid, state) for jobid, state in states.items())))
+        await monitor.run_once()
+        assert asked == [["5", "7", "101"]] and whole == ["ln3"]
+        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        # only the gateway's own reports and job 5's change: 101 and 7 are not repeated
+        assert kinds(found) == [("101", "pending"), ("7", "cancelled"), ("5", "suspended")]
         await service.close()
 
     asyncio.run(scenario())

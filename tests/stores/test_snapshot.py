@@ -45,6 +45,16 @@ def test_json_round_trip() -> None:
     assert Snapshot.from_json(SNAPSHOT.to_json()) == SNAPSHOT
 
 
+def test_json_round_trip_after_indexing_with_any_job_name() -> None:
+    # the indexes a snapshot builds when it is read are not part of what is stored
+    names = ["", "é 名前 \U0001f600", 'a"b\\c', "line\nbreak\ttab\x01", "\ufffd"]
+    jobs = tuple(replace(job(str(n), "RUNNING"), name=name) for n, name in enumerate(names))
+    snapshot = Snapshot("ln3", 1.0, True, 0.1, (True,), data_taken=None, jobs=jobs)
+    assert snapshot.queue_counts() and snapshot.jobs_by_uid and snapshot.job_of(1001, "1")
+    assert Snapshot.from_json(snapshot.to_json()) == snapshot
+    assert Snapshot.from_json(snapshot.to_json().decode()) == snapshot
+
+
 def test_jobs_are_indexed_by_the_uid_slurm_recorded_not_the_name() -> None:
     forged = replace(job("5", "RUNNING"), user="bob")  # a name says bob; the uid, alice
     snapshot = Snapshot("ln3", 1.0, True, 0.1, (True,), jobs=(*SNAPSHOT.jobs, forged))

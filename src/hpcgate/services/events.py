@@ -29,7 +29,14 @@ from hpcgate.schedulers.base import Ending, JobRecord
 from hpcgate.services.hooks import JobEventSink, ProbedMachine
 from hpcgate.services.webhooks import Webhooks
 from hpcgate.stores.base import StoreUnavailable
-from hpcgate.stores.events import TYPE_PREFIX, EventStore, JobEvent, Seen, event_order
+from hpcgate.stores.events import (
+    TYPE_PREFIX,
+    EventStore,
+    JobEvent,
+    MachineEvents,
+    Seen,
+    event_order,
+)
 from hpcgate.stores.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,7 @@ ENDED = "ended"
 """The kind of a job's last event when accounting never told how it ended."""
 ACCOUNTING_LAG = 60.0  # seconds: each accounting read overlaps the last one by this much
 FORGET_REPORTED_AFTER = 3600.0  # seconds a job's final report is remembered, against repeats
+FULL_READ_AFTER = 5000  # jobs whose reports may change, past which all are read at once
 LATE_READS = (0.3, 0.6)  # pauses before reading accounting again for jobs it lags behind on
 
 
@@ -201,7 +209,8 @@ class EventService(JobEventSink):
         self.webhooks: Webhooks | None = None
         self.emitted = 0
         self._deliverer: asyncio.Task[None] | None = None
-        self._marks: dict[str, float] = {}  # machine -> accounting mark this process stored
+        # machine -> what this process last stored of its jobs' reported states
+        self._copies: dict[str, MachineEvents] = {}
 
     def attach(self, webhooks: Webhooks) -> None:
         """Queue webhook deliveries of every event appended here."""
@@ -251,7 +260,8 @@ class EventService(JobEventSink):
         """Read the jobs that ended since the last observation of ``machine``, to be
         handed to :meth:`observe` with the snapshot taken meanwhile (the two reads at once:
         an end is reported one accounting read sooner). None before a first observation."""
-        since = self._marks.get(machine.name)
+        copy = self._copies.get(machine.name)
+        since = copy.since if copy is not None else None
         if not self.config.enabled or since is None:
             return None
         started = time.time()
@@ -270,10 +280,16 @@ class EventService(JobEventSink):
         if not self.config.enabled or not snapshot.ok:
             return []
         name = machine.name
-        kept = await self.store.machine_events(name)
+        current = {job.id: job for job in snapshot.jobs if job.uid is not None}
+        mark = await self.store.accounting_mark(name)
+        if accounting is not None and accounting.since == mark:
+            started, endings = accounting.started, accounting.endings
+        else:  # a first look, or another monitor moved the mark
+            started = time.time()
+            endings = await self._ended(machine, account, mark or snapshot.taken)
+        kept = await self._kept(name, mark, current, endings or [])
         first = kept.since is None  # no observation yet: what is there now is the baseline
         rnd = _Round(snapshot.taken, kept.seen)
-        current = {job.id: job for job in snapshot.jobs if job.uid is not None}
         for job in current.values():
             self._compare(name, rnd, job, announce=not first)
         for jobid, seen in kept.seen.items():
@@ -284,27 +300,64 @@ class EventService(JobEventSink):
             else:
                 rnd.changes[jobid] = replace(seen, left=rnd.now, at=rnd.now)
         since = None
-        if accounting is not None and accounting.since == kept.since:
-            started, endings = accounting.started, accounting.endings
-        else:  # a first look, or another monitor moved the mark
-            started = time.time()
-            endings = await self._ended(machine, account, kept.since or rnd.now)
         if endings is not None:
             since = started
             # on a first look, jobs that ended before are only noted, never reported
             await self._finals(name, rnd, endings, announce=not first)
         self._overdue(name, rnd)
         stored = await self.store.append(rnd.events, name, rnd.changes, since)
-        mark = since if since is not None else kept.since
-        if mark is not None:
-            self._marks[name] = mark
+        self._stored(kept, rnd.changes, since)
         await self._published(stored)
-        if mark is not None and not first:
-            stored += await self._late_endings(machine, account, rnd, mark)
+        if kept.since is not None and not first:
+            stored += await self._late_endings(machine, account, rnd, kept)
         return stored
 
+    async def _kept(
+        self, name: str, mark: float | None, current: dict[str, JobRecord], endings: list[Ending]
+    ) -> MachineEvents:
+        """The reported states of ``name``'s jobs: this process's copy, refreshed from the
+        store for every job whose report may change now (new or changed in the queue, gone
+        from it, or ended; the gateway's own submits and kills are written there). The
+        whole of it is read on a first look, or when another monitor moved the mark."""
+        copy = self._copies.get(name)
+        if copy is None or copy.since != mark:
+            copy = self._copies[name] = await self.store.machine_events(name)
+            return copy
+        seen = copy.seen
+        changing = [
+            jobid
+            for jobid, job in current.items()
+            if (known := seen.get(jobid)) is None or known.state != state_word(job)
+        ]
+        changing += [
+            jobid
+            for jobid, known in seen.items()
+            if jobid not in current and not known.final and known.left is None
+        ]
+        changing += [
+            ending.job.id
+            for ending in endings
+            if (known := seen.get(ending.job.id)) is None or not known.final
+        ]
+        if len(changing) > FULL_READ_AFTER:  # a burst of new jobs: one read of everything
+            copy = self._copies[name] = await self.store.machine_events(name)
+        else:
+            seen.update(await self.store.seen_jobs(name, changing))
+        return copy
+
+    @staticmethod
+    def _stored(copy: MachineEvents, changes: dict[str, Seen | None], since: float | None) -> None:
+        """Apply to this process's copy what was just stored."""
+        for jobid, change in changes.items():
+            if change is None:
+                copy.seen.pop(jobid, None)
+            else:
+                copy.seen[jobid] = change
+        if since is not None:
+            copy.since = since
+
     async def _late_endings(
-        self, machine: ProbedMachine, account: UnixAccount, rnd: _Round, since: float
+        self, machine: ProbedMachine, account: UnixAccount, rnd: _Round, kept: MachineEvents
     ) -> list[JobEvent]:
         """The endings of jobs that left the queue in this round before accounting showed
         them final: accounting is read again shortly (their records are on their way),
@@ -319,13 +372,15 @@ class EventService(JobEventSink):
             if not waiting:
                 break
             await asyncio.sleep(pause)
-            endings = await self._ended(machine, account, since)
+            assert kept.since is not None
+            endings = await self._ended(machine, account, kept.since)
             if endings is None:
                 break
             late = _Round(time.time(), waiting)
             found = [ending for ending in endings if ending.job.id in waiting]
             await self._finals(machine.name, late, found, announce=True)
             events = await self.store.append(late.events, machine.name, late.changes)
+            self._stored(kept, late.changes, None)
             await self._published(events)
             stored += events
             waiting = {jobid: seen for jobid, seen in waiting.items() if jobid not in late.changes}

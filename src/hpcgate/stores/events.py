@@ -145,6 +145,10 @@ class EventStore(ABC):
         """The reported states of ``machine``'s jobs and its accounting mark."""
 
     @abstractmethod
+    async def accounting_mark(self, machine: str) -> float | None:
+        """``machine``'s accounting mark alone (see :class:`MachineEvents`)."""
+
+    @abstractmethod
     async def seen_jobs(self, machine: str, jobids: list[str]) -> dict[str, Seen]:
         """The reported states of some jobs (those that have one)."""
 

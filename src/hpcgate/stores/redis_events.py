@@ -154,6 +154,10 @@ class RedisEventStore(EventStore, WebhookStore):
         seen = {_text(jobid): Seen.from_json(value) for jobid, value in raw.items()}
         return MachineEvents(seen, None if since is None else float(since))
 
+    async def accounting_mark(self, machine: str) -> float | None:
+        since = await self._command("get", self._key("ev", "since", machine))
+        return None if since is None else float(since)
+
     async def seen_jobs(self, machine: str, jobids: list[str]) -> dict[str, Seen]:
         if not jobids:
             return {}

@@ -147,6 +147,14 @@ class SqliteEventStore(EventStore, WebhookStore):
 
         return await self.file.run(read)
 
+    async def accounting_mark(self, machine: str) -> float | None:
+        def read(db: sqlite3.Connection) -> float | None:
+            found = db.execute("SELECT since FROM job_marks WHERE machine = ?", (machine,))
+            row = found.fetchone()
+            return None if row is None else float(row[0])
+
+        return await self.file.run(read)
+
     async def seen_jobs(self, machine: str, jobids: list[str]) -> dict[str, Seen]:
         def read(db: sqlite3.Connection) -> dict[str, Seen]:
             found = {}
