@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -233,7 +234,7 @@ def main() -> None:
         f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {describe_machine()}. ",
-        f"Command: `.venv/bin/python -m bench.scale {' '.join(sys.argv[1:])}`",
+        f"Command: `.venv/bin/python -m bench.scale {shlex.join(sys.argv[1:])}`",
         "",
         HEADER,
         *(format_row(row) for row in rows),
