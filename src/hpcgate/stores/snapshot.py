@@ -97,6 +97,24 @@ class Snapshot:
         )
 
 
+_PHASES = {phase.value: phase for phase in Phase}
+
+
 def _record(fields: dict[str, Any]) -> JobRecord:
+    # by position: a third of the time of JobRecord(**fields), 100,000 times per snapshot
     phase = fields.get("phase")
-    return JobRecord(**(fields | {"phase": None if phase is None else Phase(phase)}))
+    return JobRecord(
+        fields["id"],
+        fields["name"],
+        fields["user"],
+        fields["state"],
+        fields["partition"],
+        fields["elapsed"],
+        fields["nodes"],
+        fields["tasks"],
+        fields["nodelist"],
+        fields["exit_code"],
+        None if phase is None else _PHASES[phase],
+        fields.get("code", ""),
+        fields.get("uid"),
+    )
