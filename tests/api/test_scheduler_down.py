@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
@@ -67,18 +68,21 @@ def test_scheduler_down_is_503_within_the_timeout(
     config = server.config()
     scheduler_timeout = config.machines["ln3"].effective_limits(config.limits).scheduler_timeout
     started = time.monotonic()
-    submitted = alice.post("/job/ln3", data={"jobscript": "#!/bin/bash\ntrue\n"})
+    with ThreadPoolExecutor(3) as pool:  # three requests that each wait on the dead scheduler
+        submitting = pool.submit(alice.post, "/job/ln3", data={"jobscript": "#!/bin/bash\ntrue\n"})
+        listing = pool.submit(alice.get, "/job/ln3").result()
+        unknown = pool.submit(alice.get, "/job/ln3/987654321").result()
+        submitted = submitting.result()
+    assert time.monotonic() - started < 3 * scheduler_timeout
     assert "cannot be reached" in error_of(submitted, 503)
     # nothing was submitted (the controller could not be reached), so alice's listing may
     # still come from the monitors' last snapshot; live, it meets the dead scheduler
-    listing = alice.get("/job/ln3")
     if listing.status_code == 200:
         assert "Age" in listing.headers, "a listing served while the scheduler is down is cached"
     else:
         assert "cannot be reached" in error_of(listing, 503)
     # a job accounting does not show ended needs the controller
-    assert "cannot be reached" in error_of(alice.get("/job/ln3/987654321"), 503)
-    assert time.monotonic() - started < 3 * scheduler_timeout
+    assert "cannot be reached" in error_of(unknown, 503)
     # one it shows ended is answered by accounting alone
     assert ok_output(alice.get(f"/job/ln3/{ended_job}"))["status"][ended_job] == "Completed"
     # the gateway itself, the command route and the status view keep answering
