@@ -17,6 +17,7 @@ reset.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import time
@@ -140,6 +141,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the head began (upper bound)
         self._head_size = 0  # the parsed request line and headers
         self._closing = False
+        self._has_body = False  # the request being parsed declared a body
+        self._close_after_answer = False
         self._body_bytes = 0  # body bytes received since the body deadline was armed
 
     # connection events
@@ -191,6 +194,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_size = 0
+        self._has_body = False
         if self._deadline is None:  # the next request on a kept-alive connection
             self._arm(self.settings.header_timeout, self._head_timed_out)
 
@@ -200,6 +204,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + 4)
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._has_body = True
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -208,7 +214,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._arm(self.settings.body_timeout, self._body_timed_out)
         super().on_headers_complete()
-        self._close_if_answered_early(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -219,26 +224,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head, self._in_body, self._head_bytes = True, False, 0
         super().on_message_complete()
 
-    def _close_if_answered_early(self, cycle: Any) -> None:
-        """Tell the client, in the answer's head, that a request answered before its body
-        arrived (401, 412, 413, ...) ends the connection: a client that reused it would
-        lose its next request."""
-        send = cycle.send
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self._has_body:  # it may be answered before its body arrives
+            cycle.send = functools.partial(self._send_maybe_early, cycle, cycle.send)
+        super()._start_asgi_task(cycle, app)
 
-        async def send_closing_early(message: Any) -> None:
-            if message["type"] == "http.response.start" and self._answers_early(cycle):
-                cycle.keep_alive = False  # uvicorn then adds "connection: close"
+    async def _send_maybe_early(self, cycle: Any, send: Any, message: Any) -> None:
+        # A pipelined request's head is parsed only after the previous body ended, so the
+        # body in progress is this cycle's only when it is the newest.
+        if message["type"] != "http.response.start" or not (cycle is self.cycle and self._in_body):
             await send(message)
-
-        cycle.send = send_closing_early
-
-    def _answers_early(self, cycle: Any) -> bool:
-        # A pipelined request's head is parsed only after the previous body ended, so
-        # the body in progress is this cycle's only when it is the newest.
-        return cycle is self.cycle and self._in_body
+            return
+        # Answered before its body arrived (401, 412, 413, ...): the connection ends, and
+        # the head says so (a client that reused it would lose its next request). uvicorn
+        # writes "connection: close" for a cycle without keep-alive, and would also close
+        # at once when the answer ends: on_response_complete lingers instead.
+        cycle.keep_alive = False
+        await send(message)
+        cycle.keep_alive = True
+        self._close_after_answer = True
 
     def on_response_complete(self) -> None:
-        if not self.pipeline and self._in_body and not self.transport.is_closing():
+        answered_early = self._close_after_answer or (not self.pipeline and self._in_body)
+        if answered_early and not self.transport.is_closing():
             # answered before the body arrived (e.g. 401, 413): the rest is not wanted,
             # and reading it could take as long as the client likes. (With a request
             # waiting in the pipeline, the body in progress is that request's.)
