@@ -119,7 +119,13 @@ class Monitor:
             await self.store.put(snapshot, ttl=self.status.snapshot_ttl)
         except StoreUnavailable as exc:
             log.warning("could not store the snapshot of %s: %s", name, exc.message)
-        await self._job_events(name, snapshot, await accounting)
+        read: AccountingRead | None = None
+        if snapshot.ok:
+            read = await accounting
+        else:  # no events come of a failed probe: its accounting read is not needed
+            accounting.cancel()
+            await asyncio.wait([accounting])
+        await self._job_events(name, snapshot, read)
         return snapshot
 
     async def _read_accounting(self, name: str) -> AccountingRead | None:

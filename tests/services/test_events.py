@@ -17,7 +17,7 @@ from hpcgate.services.events import EventService
 from hpcgate.stores.events import JobEvent, MachineEvents, Seen
 from hpcgate.stores.memory import MemoryStore
 from hpcgate.stores.sqlite_events import SqliteEventStore
-from tests.services.helpers import ALICE, listing, machine, record
+from tests.services.helpers import ALICE, CONTROLLER_DOWN, listing, machine, record
 
 HPCMON = ALICE  # the monitor's account does not matter to a replayed Slurm
 
@@ -147,9 +147,14 @@ def test_reported_states_are_read_whole_once_then_only_for_jobs_that_change(
         for _ in range(3):
             await monitor.run_once()
         assert whole == ["ln3"] and asked == [[], []]
-        # job 5 changes; the gateway reports a submit (101) and a kill (7) on its own
-        await service.submitted("ln3", ALICE, "101", "job")
-        await service.cancelled("ln3", ALICE, "7", record("7"))
+        # job 5 changes; a gateway process reports a submit (101) and a kill (7) on its own
+        gateway = EventService(
+            SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000),
+            EventsConfig(),
+        )
+        await gateway.submitted("ln3", ALICE, "101", "job")
+        await gateway.cancelled("ln3", ALICE, "7", record("7"))
+        await gateway.close()
         asked.clear()
         states = {str(n): "RUNNING" for n in range(1, 101)}
         states |= {"5": "SUSPENDED", "7": "COMPLETING", "101": "PENDING"}
@@ -159,6 +164,64 @@ def test_reported_states_are_read_whole_once_then_only_for_jobs_that_change(
         found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
         # only the gateway's own reports and job 5's change: 101 and 7 are not repeated
         assert kinds(found) == [("101", "pending"), ("7", "cancelled"), ("5", "suspended")]
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_kill_reported_while_accounting_is_read_again_is_not_reported_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "LATE_READS", (0.2, 0.2))
+
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("squeue", listing(record("7")))
+        runner.on("sacct", listing())
+        monitor, service = monitor_of(runner, tmp_path)
+        await monitor.run_once()
+        runner.on("squeue", listing())  # gone; accounting has it only at the late read
+        runner.on("sacct", listing(record("7", "CANCELLED by 1001")))
+        runner.on("sacct", listing(), times=1)
+        probing = asyncio.create_task(monitor.run_once())
+        await asyncio.sleep(0.1)  # the round now waits for its late read
+        await service.cancelled("ln3", ALICE, "7", record("7"))
+        await probing
+        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        assert kinds(found) == [("7", "cancelled")]
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_only_another_gateway_process_reported_is_found_by_a_whole_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # submitted through a gateway process, ended before any probe, accounting down: only
+    # the reported states name it, and a whole read of them finds it
+    monkeypatch.setattr(events, "FULL_READ_EVERY", 0.0)
+
+    async def scenario() -> None:
+        runner = ReplayRunner()
+        runner.on("sinfo", "{}")
+        runner.on("squeue", listing())
+        runner.on("sacct", listing())
+        monitor, service = monitor_of(runner, tmp_path)
+        await monitor.run_once()
+        await monitor.run_once()
+        gateway = EventService(
+            SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000),
+            EventsConfig(),
+        )
+        await gateway.submitted("ln3", ALICE, "101", "job")
+        runner.on("sacct", CONTROLLER_DOWN)
+        service.config = EventsConfig(accounting_wait=0)
+        await monitor.run_once()  # it left the queue (never seen there)...
+        await monitor.run_once()  # ...and accounting cannot say how it ended
+        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        assert kinds(found) == [("101", "pending"), ("101", "ended")]
+        await gateway.close()
         await service.close()
 
     asyncio.run(scenario())

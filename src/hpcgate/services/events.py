@@ -46,6 +46,7 @@ ENDED = "ended"
 ACCOUNTING_LAG = 60.0  # seconds: each accounting read overlaps the last one by this much
 FORGET_REPORTED_AFTER = 3600.0  # seconds a job's final report is remembered, against repeats
 FULL_READ_AFTER = 5000  # jobs whose reports may change, past which all are read at once
+FULL_READ_EVERY = 60.0  # seconds between whole reads of the reported states regardless
 LATE_READS = (0.3, 0.6)  # pauses before reading accounting again for jobs it lags behind on
 
 
@@ -211,6 +212,7 @@ class EventService(JobEventSink):
         self._deliverer: asyncio.Task[None] | None = None
         # machine -> what this process last stored of its jobs' reported states
         self._copies: dict[str, MachineEvents] = {}
+        self._read_whole: dict[str, float] = {}  # machine -> when its copy was read whole
 
     def attach(self, webhooks: Webhooks) -> None:
         """Queue webhook deliveries of every event appended here."""
@@ -320,9 +322,12 @@ class EventService(JobEventSink):
         from it, or ended; the gateway's own submits and kills are written there). The
         whole of it is read on a first look, or when another monitor moved the mark."""
         copy = self._copies.get(name)
-        if copy is None or copy.since != mark:
-            copy = self._copies[name] = await self.store.machine_events(name)
-            return copy
+        # Read whole now and then too: a job the gateway reported in another process that
+        # neither the queue nor accounting ever names (it ended between two probes while
+        # accounting was down; an array's parent id) is found there.
+        due = time.monotonic() - self._read_whole.get(name, 0.0) > FULL_READ_EVERY
+        if copy is None or copy.since != mark or due:
+            return await self._read_copy(name)
         seen = copy.seen
         changing = [
             jobid
@@ -340,9 +345,13 @@ class EventService(JobEventSink):
             if (known := seen.get(ending.job.id)) is None or not known.final
         ]
         if len(changing) > FULL_READ_AFTER:  # a burst of new jobs: one read of everything
-            copy = self._copies[name] = await self.store.machine_events(name)
-        else:
-            seen.update(await self.store.seen_jobs(name, changing))
+            return await self._read_copy(name)
+        seen.update(await self.store.seen_jobs(name, changing))
+        return copy
+
+    async def _read_copy(self, name: str) -> MachineEvents:
+        copy = self._copies[name] = await self.store.machine_events(name)
+        self._read_whole[name] = time.monotonic()
         return copy
 
     @staticmethod
@@ -376,14 +385,22 @@ class EventService(JobEventSink):
             endings = await self._ended(machine, account, kept.since)
             if endings is None:
                 break
-            late = _Round(time.time(), waiting)
             found = [ending for ending in endings if ending.job.id in waiting]
+            # the gateway may have reported some meanwhile (a kill): the store says
+            fresh = await self.store.seen_jobs(machine.name, [e.job.id for e in found])
+            waiting |= fresh
+            kept.seen.update(fresh)
+            late = _Round(time.time(), waiting)
             await self._finals(machine.name, late, found, announce=True)
             events = await self.store.append(late.events, machine.name, late.changes)
             self._stored(kept, late.changes, None)
             await self._published(events)
             stored += events
-            waiting = {jobid: seen for jobid, seen in waiting.items() if jobid not in late.changes}
+            waiting = {
+                jobid: seen
+                for jobid, seen in waiting.items()
+                if jobid not in late.changes and not seen.final
+            }
         return stored
 
     def _compare(self, machine: str, rnd: _Round, job: JobRecord, *, announce: bool) -> None:
@@ -486,6 +503,7 @@ class EventService(JobEventSink):
             record = JobRecord(jobid, name, account.name, "PENDING", "", "", 0, None, "", "")
             event = self._event(machine, seen, "pending", "", now, record)
             stored = await self.store.append([event], machine, {jobid: seen})
+            self._note(machine, jobid, seen)
             await self._published(stored)
         except StoreUnavailable as exc:
             log.warning("could not record the submit of job %s: %s", jobid, exc.message)
@@ -505,9 +523,17 @@ class EventService(JobEventSink):
             final = Seen("CANCELLED", account.uid, account.name, live.name, final=True, at=now)
             event = self._event(machine, final, "cancelled", previous, now, live)
             stored = await self.store.append([event], machine, {jobid: final})
+            self._note(machine, jobid, final)
             await self._published(stored)
         except StoreUnavailable as exc:
             log.warning("could not record the kill of job %s: %s", jobid, exc.message)
+
+    def _note(self, machine: str, jobid: str, seen: Seen) -> None:
+        """Keep a monitor's copy in this process as the store is (other processes' copies
+        learn it from the store)."""
+        copy = self._copies.get(machine)
+        if copy is not None:
+            copy.seen[jobid] = seen
 
     async def finished(self, machine: str, jobid: str) -> list[JobRecord] | None:
         try:
