@@ -415,16 +415,22 @@ def test_the_largest_script_passes_even_percent_encoded(gateway: Server) -> None
 # keep-alive: which answers end the connection
 
 
-def test_an_answer_before_the_body_tells_the_client_the_connection_ends(gateway: Server) -> None:
+def refused_upload_head(gateway: Server) -> bytes:
+    """The head of alice's 8 MiB upload that may not replace a file that exists: it is
+    answered (412) before its body is read."""
     alice = gateway.login("alice")
     bearer = alice.headers["Authorization"]
     alice.close()
+    return (
+        "PUT /api/file/ln3/home/alice/.bashrc HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: {bearer}\r\nIf-None-Match: *\r\n"
+        f"Content-Length: {8 * MiB}\r\n\r\n"
+    ).encode()
+
+
+def test_an_answer_before_the_body_tells_the_client_the_connection_ends(gateway: Server) -> None:
     with connect(gateway) as sock:
-        head = (
-            "PUT /api/file/ln3/home/alice/.bashrc HTTP/1.1\r\nHost: gateway\r\n"
-            f"Authorization: {bearer}\r\nIf-None-Match: *\r\n"
-            f"Content-Length: {8 * MiB}\r\n\r\n"
-        ).encode()
+        head = refused_upload_head(gateway)
         send_until_answered(sock, head, repeated(b"a" * 65536, 8 * MiB))
         answer = read_answer(sock)
         assert envelope_error(answer, 412)
@@ -438,16 +444,9 @@ def test_a_client_that_sends_its_whole_body_anyway_still_reads_the_early_answer(
 ) -> None:
     # The gateway drains what is still coming before it closes: closing with unread data
     # would send a reset, which can destroy the answer before the client reads it.
-    alice = gateway.login("alice")
-    bearer = alice.headers["Authorization"]
-    alice.close()
     failures: list[BaseException] = []
     with connect(gateway) as sock:
-        head = (
-            "PUT /api/file/ln3/home/alice/.bashrc HTTP/1.1\r\nHost: gateway\r\n"
-            f"Authorization: {bearer}\r\nIf-None-Match: *\r\n"
-            f"Content-Length: {8 * MiB}\r\n\r\n"
-        ).encode()
+        head = refused_upload_head(gateway)
 
         def send_everything() -> None:
             try:

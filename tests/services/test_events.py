@@ -36,6 +36,17 @@ def monitor_of(runner: ReplayRunner, tmp_path: Path) -> tuple[Monitor, EventServ
     return monitor, service
 
 
+async def job_seven_running(tmp_path: Path) -> tuple[ReplayRunner, Monitor, EventService]:
+    """A monitor that has seen job 7 running (its first look: nothing reported)."""
+    runner = ReplayRunner()
+    runner.on("sinfo", "{}")
+    runner.on("squeue", listing(record("7")))
+    runner.on("sacct", listing())
+    monitor, service = monitor_of(runner, tmp_path)
+    await monitor.run_once()
+    return runner, monitor, service
+
+
 def kinds(found: list[JobEvent]) -> list[tuple[str, str]]:
     return [(event.jobid, event.kind) for event in found]
 
@@ -102,12 +113,7 @@ def test_late_reads_give_up_and_leave_the_job_to_the_next_probes(
     monkeypatch.setattr(events, "LATE_READS", (0.01, 0.01))
 
     async def scenario() -> None:
-        runner = ReplayRunner()
-        runner.on("sinfo", "{}")
-        runner.on("squeue", listing(record("7")))
-        runner.on("sacct", listing())
-        monitor, service = monitor_of(runner, tmp_path)
-        await monitor.run_once()
+        runner, monitor, service = await job_seven_running(tmp_path)
         runner.on("squeue", listing())
         await monitor.run_once()  # left; accounting has nothing in its read or two late ones
         assert runner.programs().count("sacct") == 4
@@ -175,12 +181,7 @@ def test_a_kill_reported_while_accounting_is_read_again_is_not_reported_twice(
     monkeypatch.setattr(events, "LATE_READS", (0.2, 0.2))
 
     async def scenario() -> None:
-        runner = ReplayRunner()
-        runner.on("sinfo", "{}")
-        runner.on("squeue", listing(record("7")))
-        runner.on("sacct", listing())
-        monitor, service = monitor_of(runner, tmp_path)
-        await monitor.run_once()
+        runner, monitor, service = await job_seven_running(tmp_path)
         runner.on("squeue", listing())  # gone; accounting has it only at the late read
         runner.on("sacct", listing(record("7", "CANCELLED by 1001")))
         runner.on("sacct", listing(), times=1)
