@@ -147,8 +147,14 @@ def test_an_ended_job_is_answered_from_the_kept_record(
         jobid = run_to_end(alice, follower)
     finally:
         follower.close()
-    detail = ok_output(alice.get(f"/job/ln3/{jobid}"))
+    answer = alice.get(f"/job/ln3/{jobid}")
+    detail = ok_output(answer)
     assert detail["status"][jobid] == "Failed"
+    # served from the kept record past the router, as the route would, every header kept
+    assert alice.get(f"/job/ln3/{jobid}/").content == answer.content
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["x-request-id"]
+    assert "is not a job id" in alice.get("/job/ln3/12x").json()["error"]
     assert detail["exitcode"][jobid] == "3:0"
     assert f"{jobid}.batch" in detail["status"]
     bob = gateway.login("bob")

@@ -12,6 +12,7 @@ import pytest
 from hpcgate.config import EventsConfig, MonitorConfig, StatusConfig
 from hpcgate.monitor import Monitor
 from hpcgate.runners.replay import ReplayRunner
+from hpcgate.schedulers.base import JobRecord
 from hpcgate.services import events
 from hpcgate.services.events import EventService
 from hpcgate.stores.events import JobEvent, MachineEvents, Seen
@@ -223,6 +224,33 @@ def test_a_job_only_another_gateway_process_reported_is_found_by_a_whole_read(
         found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
         assert kinds(found) == [("101", "pending"), ("101", "ended")]
         await gateway.close()
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_final_record_is_read_from_the_store_once_for_repeated_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        store = SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000)
+        service = EventService(store, EventsConfig())
+        await store.put_finished("ln3", "7", [record("7", "COMPLETED")], 3600)
+        reads: list[str] = []
+        get_finished = store.get_finished
+
+        async def counted(machine: str, jobid: str) -> list[JobRecord] | None:
+            reads.append(jobid)
+            return await get_finished(machine, jobid)
+
+        monkeypatch.setattr(store, "get_finished", counted)
+        for _ in range(3):
+            kept = await service.finished("ln3", "7")
+            assert kept is not None and kept[0].state == "COMPLETED"
+        # a job without a final record is asked again every time: it may end any moment
+        assert await service.finished("ln3", "8") is None
+        assert await service.finished("ln3", "8") is None
+        assert reads == ["7", "8", "8"]
         await service.close()
 
     asyncio.run(scenario())

@@ -1,14 +1,16 @@
 """The reads answered from snapshots, served without FastAPI's routing and dependencies.
 
 ``GET /api/job`` and a user's ``GET /api/job/<machine>`` are most of a gateway's traffic
-and, between two snapshots, the same bytes every time. Through FastAPI's router, request
-object and dependency solving they cost several times what serving the bytes costs (a
-profile: bench/README.md, "Where the time goes"). This middleware, the innermost one, so
-every other middleware (request id, metrics, security headers, audit) applies as for any
-route, answers them directly with the same helpers as the routes in
-:mod:`hpcgate.api.routes.jobs`, and hands every other request, and any read it cannot
-answer from a snapshot (not logged in, unknown machine, a live listing, a store error),
-to the application untouched: the route then answers it, errors included.
+and, between two snapshots, the same bytes every time; an ended job's detail,
+``GET /api/job/<machine>/<jobid>``, is the final record the monitors kept. Through
+FastAPI's router, request object and dependency solving they cost several times what
+serving the bytes costs (a profile: bench/README.md, "Where the time goes"). This
+middleware, the innermost one, so every other middleware (request id, metrics, security
+headers, audit) applies as for any route, answers them directly with the same helpers as
+the routes in :mod:`hpcgate.api.routes.jobs`, and hands every other request, and any
+read it cannot answer from what is kept (not logged in, unknown machine, a live listing,
+a job without a final record, a store error), to the application untouched: the route
+then answers it, errors included.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hpcgate.api.deps import caller
@@ -24,6 +27,7 @@ from hpcgate.api.envelope import EncodedAnswers
 from hpcgate.api.routes import jobs
 from hpcgate.errors import GatewayError
 from hpcgate.gateway import Gateway
+from hpcgate.jobspec import parse_jobid
 
 PREFIX = "/api/job"
 
@@ -49,6 +53,7 @@ class CachedReads:
         # Set on the scope as the router does, for what reads it (the request metrics).
         self.status_routes = _routes(jobs.status)
         self.queue_routes = _routes(jobs.queue)
+        self.job_routes = _routes(jobs.job)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"] if scope["type"] == "http" else ""
@@ -63,6 +68,13 @@ class CachedReads:
                 reply = await self._status(scope, receive, slash)
             elif rest.startswith("/") and name and "/" not in name:
                 reply = await self._queue(scope, receive, name, slash)
+            elif rest.startswith("/") and name.count("/") == 1:
+                machine_name, jobid = name.split("/")
+                kept = await self._kept_job(scope, receive, machine_name, jobid, slash)
+                if kept is not None:
+                    await kept(scope, receive, send)
+                    return
+                reply = None
             else:
                 reply = None
         except GatewayError:
@@ -104,6 +116,22 @@ class CachedReads:
         scope["path_params"] = {"name": name}
         answers: EncodedAnswers = app.state.answers
         return jobs.queue_reply(answers, target.name, who, listing, _if_none_match(scope))
+
+    async def _kept_job(
+        self, scope: Scope, receive: Receive, name: str, jobid: str, slash: bool
+    ) -> Response | None:
+        app = scope["app"]
+        gw: Gateway = app.state.gateway
+        target = gw.machines.get(name)
+        if target is None:
+            return None
+        who = await caller(Request(scope, receive))
+        rows = await target.kept_job(who.account, parse_jobid(jobid))
+        if rows is None:
+            return None  # a job not ended, or not kept: the route asks the scheduler
+        scope["route"] = self.job_routes[slash]
+        scope["path_params"] = {"name": name, "jobid": jobid}
+        return jobs.job_reply(rows)
 
 
 def _if_none_match(scope: Scope) -> bytes | None:

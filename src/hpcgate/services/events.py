@@ -47,6 +47,8 @@ ACCOUNTING_LAG = 60.0  # seconds: each accounting read overlaps the last one by 
 FORGET_REPORTED_AFTER = 3600.0  # seconds a job's final report is remembered, against repeats
 FULL_READ_AFTER = 5000  # jobs whose reports may change, past which all are read at once
 FULL_READ_EVERY = 60.0  # seconds between whole reads of the reported states regardless
+FINISHED_REMEMBERED = 4096  # ended jobs' final records a process keeps in memory
+FINISHED_REMEMBERED_SECONDS = 60.0
 LATE_READS = (0.3, 0.6)  # pauses before reading accounting again for jobs it lags behind on
 
 
@@ -213,6 +215,8 @@ class EventService(JobEventSink):
         # machine -> what this process last stored of its jobs' reported states
         self._copies: dict[str, MachineEvents] = {}
         self._read_whole: dict[str, float] = {}  # machine -> when its copy was read whole
+        # (machine, job id) -> (until when, final record) of ended jobs read lately
+        self._finished: dict[tuple[str, str], tuple[float, list[JobRecord]]] = {}
 
     def attach(self, webhooks: Webhooks) -> None:
         """Queue webhook deliveries of every event appended here."""
@@ -536,10 +540,21 @@ class EventService(JobEventSink):
             copy.seen[jobid] = seen
 
     async def finished(self, machine: str, jobid: str) -> list[JobRecord] | None:
+        key = (machine, jobid)
+        remembered = self._finished.get(key)
+        if remembered is not None and remembered[0] > time.monotonic():
+            return remembered[1]
         try:
-            return await self.store.get_finished(machine, jobid)
+            rows = await self.store.get_finished(machine, jobid)
         except StoreUnavailable:
             return None  # the scheduler answers instead
+        if rows:  # a final record does not change: kept here a while, for repeated reads
+            self._finished.pop(key, None)
+            if len(self._finished) >= FINISHED_REMEMBERED:
+                del self._finished[next(iter(self._finished))]  # the oldest
+            ttl = min(FINISHED_REMEMBERED_SECONDS, self.config.finished_ttl)
+            self._finished[key] = (time.monotonic() + ttl, rows)
+        return rows
 
     # -- reading ------------------------------------------------------------------------
 

@@ -288,6 +288,17 @@ class Machine:
         if rows[0].uid != account.uid:
             raise Forbidden(f"job {jobid} on {self.name} belongs to another user")
 
+    async def kept_job(self, account: UnixAccount, jobid: str) -> list[JobRecord] | None:
+        """The user's ended job as the monitors kept its final record (no scheduler
+        call), or None when none is kept. Another user's is Forbidden."""
+        if self.events is None:
+            return None
+        kept = await self.events.finished(self.name, jobid)
+        if not kept:
+            return None
+        self._check_owner(account, jobid, kept)
+        return kept
+
     async def job(self, account: UnixAccount, jobid: str) -> list[JobRecord]:
         """One of the user's jobs: its row, then one row per step.
 
@@ -300,11 +311,9 @@ class Machine:
         spares the controller a call for most finished jobs. A final record answers even
         when the controller cannot.
         """
-        if self.events is not None:  # an ended job's record, kept by the monitors
-            kept = await self.events.finished(self.name, jobid)
-            if kept:
-                self._check_owner(account, jobid, kept)
-                return kept
+        kept = await self.kept_job(account, jobid)
+        if kept is not None:
+            return kept
         live: JobRecord | GatewayError | None
         history: list[JobRecord] | GatewayError
         listed, seen = (

@@ -196,7 +196,12 @@ async def job(
     request: Request, name: str = MACHINE, jobid: str = JOBID, who: Caller = Depends(caller)
 ) -> JSONResponse:
     target = machine(request, name)
-    return ok(columns(await target.job(who.account, parse_jobid(jobid)), JOB_COLUMNS))
+    return job_reply(await target.job(who.account, parse_jobid(jobid)))
+
+
+def job_reply(rows: list[JobRecord]) -> JSONResponse:
+    """A job's detail: its row, then its steps, in columns."""
+    return ok(columns(rows, JOB_COLUMNS))
 
 
 @route(
