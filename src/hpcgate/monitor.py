@@ -110,21 +110,16 @@ class Monitor:
         accounting = asyncio.create_task(self._read_accounting(name))
         try:
             snapshot = await self.probe(name)
-        except BaseException:
-            accounting.cancel()
-            raise
-        if snapshot.error:
-            log.warning("probe of %s failed: %s", name, snapshot.error)
-        try:
-            await self.store.put(snapshot, ttl=self.status.snapshot_ttl)
-        except StoreUnavailable as exc:
-            log.warning("could not store the snapshot of %s: %s", name, exc.message)
-        read: AccountingRead | None = None
-        if snapshot.ok:
-            read = await accounting
-        else:  # no events come of a failed probe: its accounting read is not needed
-            accounting.cancel()
-            await asyncio.wait([accounting])
+            if snapshot.error:
+                log.warning("probe of %s failed: %s", name, snapshot.error)
+            try:
+                await self.store.put(snapshot, ttl=self.status.snapshot_ttl)
+            except StoreUnavailable as exc:
+                log.warning("could not store the snapshot of %s: %s", name, exc.message)
+            # no events come of a failed probe: its accounting read is not needed
+            read = await accounting if snapshot.ok else None
+        finally:
+            accounting.cancel()  # done by now, or not needed
         await self._job_events(name, snapshot, read)
         return snapshot
 
