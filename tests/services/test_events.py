@@ -23,9 +23,15 @@ from tests.services.helpers import ALICE, CONTROLLER_DOWN, listing, machine, rec
 HPCMON = ALICE  # the monitor's account does not matter to a replayed Slurm
 
 
-def monitor_of(runner: ReplayRunner, tmp_path: Path) -> tuple[Monitor, EventService]:
+def event_service(tmp_path: Path) -> EventService:
+    """An event service on the embedded store in ``tmp_path``: a second one on the same
+    file stands for another gateway process."""
     store = SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000)
-    service = EventService(store, EventsConfig())
+    return EventService(store, EventsConfig())
+
+
+def monitor_of(runner: ReplayRunner, tmp_path: Path) -> tuple[Monitor, EventService]:
+    service = event_service(tmp_path)
     monitor = Monitor(
         {"ln3": machine(runner)},
         MemoryStore(),
@@ -155,10 +161,7 @@ def test_reported_states_are_read_whole_once_then_only_for_jobs_that_change(
             await monitor.run_once()
         assert whole == ["ln3"] and asked == [[], []]
         # job 5 changes; a gateway process reports a submit (101) and a kill (7) on its own
-        gateway = EventService(
-            SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000),
-            EventsConfig(),
-        )
+        gateway = event_service(tmp_path)
         await gateway.submitted("ln3", ALICE, "101", "job")
         await gateway.cancelled("ln3", ALICE, "7", record("7"))
         await gateway.close()
@@ -212,10 +215,7 @@ def test_a_job_only_another_gateway_process_reported_is_found_by_a_whole_read(
         monitor, service = monitor_of(runner, tmp_path)
         await monitor.run_once()
         await monitor.run_once()
-        gateway = EventService(
-            SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000),
-            EventsConfig(),
-        )
+        gateway = event_service(tmp_path)
         await gateway.submitted("ln3", ALICE, "101", "job")
         runner.on("sacct", CONTROLLER_DOWN)
         service.config = EventsConfig(accounting_wait=0)
@@ -233,8 +233,8 @@ def test_a_final_record_is_read_from_the_store_once_for_repeated_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        store = SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=1000)
-        service = EventService(store, EventsConfig())
+        service = event_service(tmp_path)
+        store = service.store
         await store.put_finished("ln3", "7", [record("7", "COMPLETED")], 3600)
         reads: list[str] = []
         get_finished = store.get_finished
@@ -251,6 +251,24 @@ def test_a_final_record_is_read_from_the_store_once_for_repeated_reads(
         assert await service.finished("ln3", "8") is None
         assert await service.finished("ln3", "8") is None
         assert reads == ["7", "8", "8"]
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_no_late_reads_when_accounting_did_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a sick slurmdbd must not hold the monitor's round for two more timeouts
+    monkeypatch.setattr(events, "LATE_READS", (0.01, 0.01))
+
+    async def scenario() -> None:
+        runner, monitor, service = await job_seven_running(tmp_path)
+        runner.on("squeue", listing())
+        runner.on("sacct", CONTROLLER_DOWN)
+        await monitor.run_once()
+        assert runner.programs().count("sacct") == 2, "the baseline's read and this one's"
+        assert await service.read(ALICE.uid, None, events.EventFilter(), 100) == []
         await service.close()
 
     asyncio.run(scenario())

@@ -123,8 +123,8 @@ class CachedReads:
         app = scope["app"]
         gw: Gateway = app.state.gateway
         target = gw.machines.get(name)
-        if target is None:
-            return None
+        if target is None or target.events is None:
+            return None  # nothing is kept: the route asks the scheduler
         who = await caller(Request(scope, receive))
         rows = await target.kept_job(who.account, parse_jobid(jobid))
         if rows is None:

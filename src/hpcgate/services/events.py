@@ -314,8 +314,8 @@ class EventService(JobEventSink):
         stored = await self.store.append(rnd.events, name, rnd.changes, since)
         self._stored(kept, rnd.changes, since)
         await self._published(stored)
-        if kept.since is not None and not first:
-            stored += await self._late_endings(machine, account, rnd, kept)
+        if since is not None and not first:  # not when accounting just failed to answer
+            stored += await self._late_endings(machine, account, rnd, kept, since)
         return stored
 
     async def _kept(
@@ -370,7 +370,12 @@ class EventService(JobEventSink):
             copy.since = since
 
     async def _late_endings(
-        self, machine: ProbedMachine, account: UnixAccount, rnd: _Round, kept: MachineEvents
+        self,
+        machine: ProbedMachine,
+        account: UnixAccount,
+        rnd: _Round,
+        kept: MachineEvents,
+        since: float,
     ) -> list[JobEvent]:
         """The endings of jobs that left the queue in this round before accounting showed
         them final: accounting is read again shortly (their records are on their way),
@@ -385,8 +390,7 @@ class EventService(JobEventSink):
             if not waiting:
                 break
             await asyncio.sleep(pause)
-            assert kept.since is not None
-            endings = await self._ended(machine, account, kept.since)
+            endings = await self._ended(machine, account, since)
             if endings is None:
                 break
             found = [ending for ending in endings if ending.job.id in waiting]

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from hpcgate.contract import data_taken
-from hpcgate.schedulers.base import JobRecord, Phase
+from hpcgate.schedulers.base import JobRecord
 
 TYPE_PREFIX = "org.hpcgate.job."
 CLOUDEVENTS_VERSION = "1.0"
@@ -119,11 +119,6 @@ class MachineEvents:
 
 def record_to_dict(record: JobRecord) -> dict[str, Any]:
     return asdict(record)
-
-
-def record_from_dict(fields: dict[str, Any]) -> JobRecord:
-    phase = fields.get("phase")
-    return JobRecord(**(fields | {"phase": None if phase is None else Phase(phase)}))
 
 
 class EventStore(ABC):

@@ -35,9 +35,9 @@ from hpcgate.stores.events import (
     Seen,
     Subscription,
     WebhookStore,
-    record_from_dict,
     record_to_dict,
 )
+from hpcgate.stores.snapshot import record_from_dict
 
 FEED_CAP = 100_000
 

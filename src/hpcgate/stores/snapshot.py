@@ -92,7 +92,7 @@ class Snapshot:
             probes=tuple(bool(ok) for ok in data["probes"]),
             error=data.get("error", ""),
             data_taken=data.get("data_taken"),
-            jobs=tuple(_record(job) for job in data.get("jobs", ())),
+            jobs=tuple(record_from_dict(job) for job in data.get("jobs", ())),
             partitions=data.get("partitions", {}),
         )
 
@@ -100,8 +100,10 @@ class Snapshot:
 _PHASES = {phase.value: phase for phase in Phase}
 
 
-def _record(fields: dict[str, Any]) -> JobRecord:
-    # by position: a third of the time of JobRecord(**fields), 100,000 times per snapshot
+def record_from_dict(fields: dict[str, Any]) -> JobRecord:
+    """A record from its JSON fields (snapshots, ended jobs' kept records). Built by
+    position, the phase looked up in a dict: 100,000 of them per snapshot of a full
+    cluster, where ``JobRecord(**fields)`` with ``Phase(...)`` took a fifth longer."""
     phase = fields.get("phase")
     return JobRecord(
         fields["id"],

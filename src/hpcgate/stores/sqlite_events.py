@@ -26,9 +26,9 @@ from hpcgate.stores.events import (
     Seen,
     Subscription,
     WebhookStore,
-    record_from_dict,
     record_to_dict,
 )
+from hpcgate.stores.snapshot import record_from_dict
 from hpcgate.stores.sqlite_file import SqliteFile
 
 PURGE_EVERY = 60.0
