@@ -13,9 +13,10 @@ Redis store (a key prefix of its own, deleted at the end).
 - **machines**: with 1,000 jobs held, the gateway serves M machines (all this cluster).
 
 Each row: the monitor's probe time (squeue of every job and sinfo, per machine) and its
-CPU use, the snapshot's size, slurmctld RPCs per minute with no requests coming in,
-`GET /api/job` and alice's `GET /api/job/<m>` at 64 connections (req/s, p50), and the
-resident memory of the gateway and of the monitor after the load. ``--write`` puts the
+CPU use, the size of the snapshot and of the users' job lists kept apart from it,
+slurmctld RPCs per minute with no requests coming in, `GET /api/job` and alice's
+`GET /api/job/<m>` at 64 connections (req/s, p50), and the resident memory of the
+gateway and of the monitor after the load. ``--write`` puts the
 table, with date, machine and command, in bench/README.md.
 """
 
@@ -64,6 +65,7 @@ class Row:
     probe_ms: float
     monitor_cpu: float
     snapshot_kib: float
+    jobs_kib: float
     rpc_per_minute: float
     status: Samples
     queue: Samples
@@ -110,8 +112,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def snapshots(client: redis.Redis, prefix: str, machines: int) -> list[dict[str, object]]:
-    raws = client.mget([f"{prefix}snapshot:ln{i}" for i in range(1, machines + 1)])
-    return [json.loads(raw) | {"_bytes": len(raw)} for raw in raws if raw is not None]
+    """Each machine's snapshot, with the bytes it and its users' job lists take."""
+    found = []
+    for i in range(1, machines + 1):
+        raw = client.get(f"{prefix}snapshot:ln{i}")
+        if raw is not None:
+            jobs = client.hgetall(f"{prefix}jobs:ln{i}")
+            size = sum(len(value) for value in jobs.values())
+            found.append(json.loads(raw) | {"_bytes": len(raw), "_jobs_bytes": size})
+    return found
 
 
 def measure(jobs: int, machines: int, seconds: float) -> Row:
@@ -156,6 +165,7 @@ def measure(jobs: int, machines: int, seconds: float) -> Row:
                 probe_ms=1000 * sum(float(s["probe_seconds"]) for s in found) / len(found),  # type: ignore[arg-type]
                 monitor_cpu=monitor_cpu,
                 snapshot_kib=sum(int(s["_bytes"]) for s in found) / len(found) / 1024,  # type: ignore[call-overload]
+                jobs_kib=sum(int(s["_jobs_bytes"]) for s in found) / len(found) / 1024,  # type: ignore[call-overload]
                 rpc_per_minute=rpc_per_minute,
                 status=status,
                 queue=queue,
@@ -184,11 +194,11 @@ def hold(jobs: int) -> int:
 
 
 HEADER = (
-    "|   jobs | machines | probe (ms) | monitor CPU | snapshot (KiB) | ctld RPC/min "
-    "| status req/s | status p50 (ms) | queue req/s | queue p50 (ms) "
+    "|   jobs | machines | probe (ms) | monitor CPU | snapshot (KiB) | job lists (KiB) "
+    "| ctld RPC/min | status req/s | status p50 (ms) | queue req/s | queue p50 (ms) "
     "| gateway RSS (MiB) | monitor RSS (MiB) |\n"
-    "|-------:|---------:|-----------:|------------:|---------------:|-------------:"
-    "|-------------:|----------------:|------------:|---------------:"
+    "|-------:|---------:|-----------:|------------:|---------------:|----------------:"
+    "|-------------:|-------------:|----------------:|------------:|---------------:"
     "|------------------:|------------------:|"
 )
 
@@ -196,7 +206,7 @@ HEADER = (
 def format_row(row: Row) -> str:
     return (
         f"| {row.jobs:6,} | {row.machines:8} | {row.probe_ms:10.0f} | {row.monitor_cpu:10.1%} "
-        f"| {row.snapshot_kib:14.1f} | {row.rpc_per_minute:12.0f} "
+        f"| {row.snapshot_kib:14.1f} | {row.jobs_kib:15.1f} | {row.rpc_per_minute:12.0f} "
         f"| {row.status.rate:12.0f} | {row.status.median * 1000:15.1f} "
         f"| {row.queue.rate:11.0f} | {row.queue.median * 1000:14.1f} "
         f"| {row.gateway_mib:17.1f} | {row.monitor_mib:17.1f} |"

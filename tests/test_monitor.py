@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from hpcgate.stores.redis import RedisStore
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import Survey
 from hpcgate.wiring import build_monitor
 from tests.conftest import wait_for
 from tests.redis_server import PrivateRedis
@@ -16,9 +16,11 @@ from tests.slurm_helpers import cancel, gateway, held_job, sinfo_nodes, squeue_c
 pytestmark = pytest.mark.usefixtures("cluster")
 
 
-def probe_once() -> Snapshot:
+def probe_once() -> Survey:
     gw, _ = gateway()
-    return asyncio.run(build_monitor(gw).probe("ln3"))
+    survey = asyncio.run(build_monitor(gw).probe("ln3"))
+    assert isinstance(survey, Survey), "a successful probe lists every job"
+    return survey
 
 
 def test_one_probe_is_two_scheduler_calls() -> None:
@@ -35,7 +37,7 @@ def test_pending_counts_are_the_clusters() -> None:
     jobids = [held_job("alice", "count-me") for _ in range(3)]
     try:
 
-        def agreed() -> Snapshot | None:
+        def agreed() -> Survey | None:
             snapshot = probe_once()
             pending = snapshot.queue_counts().get("PD", 0)
             return snapshot if pending >= 3 and pending == squeue_count("--states=PD") else None
@@ -53,7 +55,7 @@ def test_running_jobs_show_as_R_and_allocated_nodes() -> None:
     jobid = submit("bob", "--ntasks=4", "--wrap=sleep 120")
     try:
 
-        def running() -> Snapshot | None:
+        def running() -> Survey | None:
             snapshot = probe_once()
             job = next((j for j in snapshot.jobs if j.id == jobid), None)
             alloc = snapshot.partitions["work"].get("alloc", 0)
@@ -76,7 +78,8 @@ def test_a_failing_scheduler_is_recorded_and_the_last_data_kept() -> None:
     bad = asyncio.run(monitor.probe("ln3"))
     assert not bad.ok and "the scheduler failed" in bad.error
     assert bad.health == 0.5 and bad.data_taken == good.data_taken
-    assert bad.partitions == good.partitions and bad.jobs == good.jobs
+    assert bad.partitions == good.partitions and bad.tally == good.tally
+    assert not isinstance(bad, Survey), "no jobs of its own: the store keeps the last ones"
     machine.scheduler.commands["squeue"] = "squeue"  # type: ignore[attr-defined]
     healed = [asyncio.run(monitor.probe("ln3")) for _ in range(3)]
     assert healed[0].health == round(2 / 3, 3) and healed[-1].health == 1.0

@@ -305,16 +305,18 @@ class ClusterCollector(Collector):
             labels=["machine"],
         )
         for name, snapshot in sorted(snapshots.items()):
-            tally = Tally((job.partition, job_state(job.state)) for job in snapshot.jobs)
+            tally = Tally[tuple[str, str]]()
+            for (partition, state), count in snapshot.tally.states.items():
+                tally[(partition, job_state(state))] += count
             for (partition, state), count in sorted(tally.items()):
                 jobs.add_metric([name, partition, state], count)
             by_state = _sum_by(tally.items(), lambda key: key[1])
             for state, family in queue.items():
                 family.add_metric([name], by_state.get(state, 0))
             waiting = sum(
-                1
-                for job in snapshot.jobs
-                if job_state(job.state) == "pending" and job.nodelist == "(Dependency)"
+                count
+                for state, count in snapshot.tally.on_dependency.items()
+                if job_state(state) == "pending"
             )
             dependency.add_metric([name], waiting)
         yield jobs

@@ -20,7 +20,7 @@ from hpcgate.errors import GatewayError
 from hpcgate.services.events import AccountingRead, EventService
 from hpcgate.services.machine import Machine
 from hpcgate.stores.base import StatusStore, StoreUnavailable
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import JobTally, Snapshot, Survey
 
 log = logging.getLogger(__name__)
 JITTER = 0.2  # each interval between probes is 0.8x to 1.2x monitor.interval
@@ -63,32 +63,37 @@ class Monitor:
         previous = await self._previous(name)
         taken, started = time.time(), time.monotonic()
         error = ""
+        data_taken: float | None = None
         try:
             jobs, partitions = await machine.survey(self.account)
-            data_taken: float | None = taken
+            data_taken = taken
         except GatewayError as exc:
             error = exc.message
         except Exception as exc:  # a parser bug must not kill the monitor
             log.exception("probe of %s failed unexpectedly", name)
             error = f"probe failed: {exc!r}"
-        if error:  # keep showing the last good data; data_taken tells its age
-            jobs = list(previous.jobs) if previous else []
-            partitions = previous.partitions if previous else {}
-            data_taken = previous.data_taken if previous else None
-        elif machine.probe_command:
+        if not error and machine.probe_command:
             error = await self._probe_command(machine)
         history = (previous.probes if previous else ()) + (not error,)
-        snapshot = Snapshot(
-            machine=name,
-            taken=taken,
-            ok=not error,
-            probe_seconds=round(time.monotonic() - started, 4),
-            probes=history[-self.config.history :],
-            error=error,
-            data_taken=data_taken,
-            jobs=tuple(jobs),
-            partitions=partitions,
-        )
+        keep = self.config.history
+        ok, seconds, probes = not error, round(time.monotonic() - started, 4), history[-keep:]
+        snapshot: Snapshot
+        if data_taken is None:  # keep showing the last good data; data_taken tells its age
+            snapshot = Snapshot(
+                name,
+                taken,
+                ok,
+                seconds,
+                probes,
+                error,
+                data_taken=previous.data_taken if previous else None,
+                partitions=previous.partitions if previous else {},
+                tally=previous.tally if previous else JobTally(),
+            )
+        else:
+            snapshot = Survey(
+                name, taken, ok, seconds, probes, error, data_taken, partitions, jobs=tuple(jobs)
+            )
         self._last[name] = snapshot
         return snapshot
 
@@ -120,7 +125,8 @@ class Monitor:
             read = await accounting if snapshot.ok else None
         finally:
             accounting.cancel()  # done by now, or not needed
-        await self._job_events(name, snapshot, read)
+        if snapshot.ok and isinstance(snapshot, Survey):
+            await self._job_events(name, snapshot, read)
         return snapshot
 
     async def _read_accounting(self, name: str) -> AccountingRead | None:
@@ -133,14 +139,14 @@ class Monitor:
             return None
 
     async def _job_events(
-        self, name: str, snapshot: Snapshot, accounting: AccountingRead | None
+        self, name: str, survey: Survey, accounting: AccountingRead | None
     ) -> None:
         """Events from the differences with the last snapshot (and accounting's endings).
         A failure leaves the reported states as they were: the next probe tries again."""
         if self.events is None:
             return
         try:
-            await self.events.observe(self.machines[name], self.account, snapshot, accounting)
+            await self.events.observe(self.machines[name], self.account, survey, accounting)
         except StoreUnavailable as exc:
             log.warning("could not record the job events of %s: %s", name, exc.message)
         except Exception:  # a bug here must not stop the snapshots

@@ -24,7 +24,7 @@ from hpcgate.services.machine import Machine
 from hpcgate.services.queue_cache import QueueCache
 from hpcgate.services.submits import IdempotentSubmits
 from hpcgate.stores.memory import MemoryIdempotencyStore, MemoryStore
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import Snapshot, Survey
 
 ALICE = UnixAccount("alice", 1001, 1001, (1001,), "/home/alice", "/bin/bash")
 BOB = UnixAccount("bob", 1002, 1003, (1003,), "/home/bob", "/bin/bash")
@@ -159,7 +159,7 @@ def machine(
 async def put_snapshot(store: MemoryStore, *jobs: JobRecord, age: float = 0.0) -> Snapshot:
     """A monitor's snapshot of ln3 listing ``jobs``, taken ``age`` seconds ago."""
     taken = time.time() - age
-    snapshot = Snapshot("ln3", taken, True, 0.01, (True,), data_taken=taken, jobs=tuple(jobs))
+    snapshot = Survey("ln3", taken, True, 0.01, (True,), data_taken=taken, jobs=tuple(jobs))
     await store.put(snapshot, ttl=3600)
     return snapshot
 

@@ -5,20 +5,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from hpcgate.schedulers.base import JobRecord
+from hpcgate.schedulers.slurm import classified
 from hpcgate.stores.base import StatusStore, StoreUnavailable
 from hpcgate.stores.memory import MemoryStore
 from hpcgate.stores.redis import RedisStore
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import OwnJobs, Snapshot, Survey
 from tests.conftest import REDIS_URL
 from tests.redis_server import PrivateRedis
 
 
 def snapshot(machine: str, taken: float = 1.0) -> Snapshot:
     return Snapshot(machine, taken, True, 0.01, (True,), data_taken=taken)
+
+
+def job(jobid: str, uid: int) -> JobRecord:
+    row = JobRecord(jobid, "j", "x", "RUNNING", "work", "0:01", 1, 1, "node1", "0:0")
+    return classified(replace(row, uid=uid))
+
+
+def survey(machine: str, taken: float, *jobs: JobRecord) -> Survey:
+    return Survey(machine, taken, True, 0.01, (True,), data_taken=taken, jobs=jobs)
 
 
 def run(body: Callable[[StatusStore], Coroutine[Any, Any, None]], store: StatusStore) -> None:
@@ -48,12 +60,40 @@ def test_put_replaces_and_get_many_reads(make_store: Callable[[], StatusStore]) 
     run(body, make_store())
 
 
+def test_each_users_jobs_are_read_apart(make_store: Callable[[], StatusStore]) -> None:
+    async def body(store: StatusStore) -> None:
+        assert await store.jobs_of("a", 1001) is None, "no survey yet"
+        first = survey("a", 1.0, job("1", 1001), job("2", 1002), job("3", 1001))
+        await store.put(first, ttl=60)
+        assert await store.jobs_of("a", 1001) == OwnJobs(1.0, (first.jobs[0], first.jobs[2]))
+        assert await store.jobs_of("a", 1002) == OwnJobs(1.0, (first.jobs[1],))
+        assert await store.jobs_of("a", 1003) == OwnJobs(1.0), "none of theirs"
+        assert await store.get("a") == first.head(), "the snapshot: its tally, not its jobs"
+        assert (await store.get("b"), await store.jobs_of("b", 1001)) == (None, None)
+
+        second = survey("a", 2.0, job("4", 1002))
+        await store.put(second, ttl=60)
+        assert await store.jobs_of("a", 1001) == OwnJobs(2.0), "replaced whole"
+        assert await store.jobs_of("a", 1002) == OwnJobs(2.0, second.jobs)
+
+        failed = replace(snapshot("a", 3.0), ok=False, data_taken=2.0, tally=second.tally)
+        await store.put(failed, ttl=60)
+        assert await store.get("a") == failed
+        assert await store.jobs_of("a", 1002) == OwnJobs(2.0, second.jobs), "a failed probe's"
+        assert (await store.get("a"), await store.jobs_of("a", 1002)) != (None, None)
+
+    run(body, make_store())
+
+
 def test_snapshots_expire(make_store: Callable[[], StatusStore]) -> None:
     async def body(store: StatusStore) -> None:
-        await store.put(snapshot("a"), ttl=0.2)
+        await store.put(survey("a", 1.0, job("1", 1001)), ttl=0.4)
+        await store.put(snapshot("a", 2.0), ttl=0.2)  # a failed probe's keeps the jobs alive
         assert await store.get("a") is not None
+        assert await store.jobs_of("a", 1001) is not None
         await asyncio.sleep(0.3)
         assert await store.get("a") is None
+        assert await store.jobs_of("a", 1001) is None, "gone with the snapshot"
 
     run(body, make_store())
 
@@ -102,6 +142,34 @@ def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> No
         readers = await asyncio.gather(*(reader.get("a") for _ in range(50)))
         assert all(found == snapshot("a", 2.0) for found in readers)
         assert sent.count(f"{prefix}snapshot:a") == 1, "50 readers at once: one fetch, one parse"
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -> None:
+    async def body() -> None:
+        writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+        many = [job(str(n), 1002) for n in range(2000)]  # another user's: never fetched
+        await writer.put(survey("a", 1.0, job("1", 1001), *many), ttl=60)
+        first = await reader.jobs_of("a", 1001)
+        sent: list[tuple[str, Any]] = []
+        command = reader.command
+
+        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            sent.append((name, args[1:]))
+            return await command(name, *args, **kwargs)
+
+        reader.command = counted  # type: ignore[method-assign]
+        assert await reader.jobs_of("a", 1001) is first, "the same object: encoded once"
+        assert sent == [("hget", ("taken",))], "only the survey's time crossed the wire"
+        await writer.put(survey("a", 2.0, job("1", 1001), job("5", 1001), *many), ttl=60)
+        sent.clear()
+        readers = await asyncio.gather(*(reader.jobs_of("a", 1001) for _ in range(50)))
+        assert all(own is readers[0] for own in readers)
+        assert readers[0] is not None and [j.id for j in readers[0].jobs] == ["1", "5"]
+        assert sent.count(("hmget", (["taken", "1001"],))) == 1, "50 readers: one fetch"
         await writer.close()
         await reader.close()
 

@@ -37,7 +37,7 @@ from hpcgate.stores.events import (
     Seen,
     event_order,
 )
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import Survey
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,10 @@ class EventService(JobEventSink):
         self,
         machine: ProbedMachine,
         account: UnixAccount,
-        snapshot: Snapshot,
+        snapshot: Survey,
         accounting: AccountingRead | None = None,
     ) -> list[JobEvent]:
-        """Turn a new snapshot of ``machine`` into events; returns them (stored).
+        """Turn a new survey of ``machine`` into events; returns them (stored).
         ``accounting`` is used when it starts where the stored mark says (otherwise
         accounting is read here)."""
         if not self.config.enabled or not snapshot.ok:

@@ -1,8 +1,9 @@
 """Queue listings from the monitors' snapshots instead of one squeue per request.
 
-A listing comes from the latest snapshot, filtered to the caller, while that snapshot is
-younger than ``max_age`` and was taken after the caller's last submit or kill on the
-machine (read-your-writes). Otherwise the caller gets a live query.
+A listing is the caller's jobs in the machine's latest survey (the store keeps each
+user's apart), while that survey is younger than ``max_age`` and was taken after the
+caller's last submit or kill on the machine (read-your-writes). Otherwise the caller
+gets a live query.
 """
 
 from __future__ import annotations
@@ -43,11 +44,8 @@ class QueueCache:
         if self.max_age <= 0:
             return None
         try:
-            snapshot = await self.store.get(self.machine)
-            if snapshot is None or snapshot.data_taken is None:
-                return None
-            taken = snapshot.data_taken
-            if time.time() - taken > self.max_age:
+            own = await self.store.jobs_of(self.machine, account.uid)
+            if own is None or time.time() - own.taken > self.max_age:
                 return None
             wrote = max(
                 await self.store.last_write(self.machine, user) or 0.0,
@@ -56,33 +54,22 @@ class QueueCache:
         except StoreUnavailable as exc:
             log.warning("queue listing for %s falls back to the scheduler: %s", user, exc.message)
             return None
-        if wrote >= taken:
+        if wrote >= own.taken:
             return None  # the snapshot may predate the user's own submit or kill
-        return Listing(list(snapshot.jobs_by_uid.get(account.uid, ())), taken, from_snapshot=True)
+        return Listing(list(own.jobs), own.taken, from_snapshot=True)
 
     async def hint(self, account: UnixAccount, jobid: str) -> tuple[bool, JobRecord | None]:
         """Whether the latest snapshot, however old, may list the job among the user's
         queued ones (True when there is no snapshot to tell), and its record there if it
         does. A hint only, never an answer."""
         try:
-            snapshot = await self.store.get(self.machine)
+            own = await self.store.jobs_of(self.machine, account.uid)
         except StoreUnavailable:
             return True, None
-        if snapshot is None:
+        if own is None:
             return True, None
-        record = snapshot.job_of(account.uid, jobid)
+        record = own.find(jobid)
         return record is not None, record
-
-    async def shows_queued(self, account: UnixAccount, jobid: str) -> bool:
-        """Whether the latest snapshot, however old, lists the job among the user's queued
-        ones; True when there is no snapshot to tell. A hint only, never an answer."""
-        try:
-            snapshot = await self.store.get(self.machine)
-        except StoreUnavailable:
-            return True
-        if snapshot is None:
-            return True
-        return any(job.id == jobid for job in snapshot.jobs_by_uid.get(account.uid, ()))
 
     async def note_write(self, user: str) -> None:
         """The user just changed their queue: their next listing must see it."""

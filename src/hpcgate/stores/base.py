@@ -1,10 +1,11 @@
 """What hpcgate keeps between requests, and the interfaces of the stores that keep it.
 
 Three kinds of record live in a store: the monitors' snapshots of each machine (with
-each user's last submit or kill, for read-your-writes), login sessions, and the records
-of idempotent submits. Two families implement them: :mod:`hpcgate.stores.memory` for one
-process (the embedded default) and :mod:`hpcgate.stores.redis`, shared by every gateway
-process and monitor. Every method may raise :class:`StoreUnavailable`.
+each user's jobs in them, and each user's last submit or kill, for read-your-writes),
+login sessions, and the records of idempotent submits. Two families implement them:
+:mod:`hpcgate.stores.memory` for one process (the embedded default) and
+:mod:`hpcgate.stores.redis`, shared by every gateway process and monitor. Every method
+may raise :class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from hpcgate.errors import Unavailable
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import OwnJobs, Snapshot
 
 
 class StoreUnavailable(Unavailable):
@@ -26,11 +27,20 @@ class StoreUnavailable(Unavailable):
 
 
 class StatusStore(ABC):
-    """Snapshots by machine, and the time each user last changed their queue."""
+    """Snapshots by machine, each user's jobs in them, and the time each user last
+    changed their queue.
+
+    A monitor puts a :class:`~hpcgate.stores.snapshot.Survey` after each successful
+    probe and a plain :class:`Snapshot` after a failed one (the jobs of the last survey
+    are then kept).
+    Readers of the status take the small snapshots (:meth:`get_many`); a user's queue
+    view takes only that user's jobs (:meth:`jobs_of`).
+    """
 
     @abstractmethod
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
-        """Replace the machine's snapshot atomically; it disappears after ``ttl`` seconds."""
+        """Replace the machine's snapshot atomically, and its jobs too when it is a
+        survey; both disappear after ``ttl`` seconds."""
 
     @abstractmethod
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
@@ -38,6 +48,10 @@ class StatusStore(ABC):
 
     async def get(self, machine: str) -> Snapshot | None:
         return (await self.get_many([machine]))[machine]
+
+    @abstractmethod
+    async def jobs_of(self, machine: str, uid: int) -> OwnJobs | None:
+        """The jobs of owner ``uid`` in the machine's latest survey (None: no survey)."""
 
     @abstractmethod
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:

@@ -16,7 +16,7 @@ from hpcgate.stores.base import (
     new_session,
 )
 from hpcgate.stores.output_paths import MemoryOutputPaths
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import OwnJobs, Snapshot, Survey
 
 
 class MemoryStore(StatusStore):
@@ -24,10 +24,13 @@ class MemoryStore(StatusStore):
 
     def __init__(self) -> None:
         self._snapshots: dict[str, tuple[Snapshot, float]] = {}
+        self._surveys: dict[str, Survey] = {}
         self._writes: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
-        self._snapshots[snapshot.machine] = (snapshot, time.monotonic() + ttl)
+        self._snapshots[snapshot.machine] = (snapshot.head(), time.monotonic() + ttl)
+        if isinstance(snapshot, Survey):
+            self._surveys[snapshot.machine] = snapshot
 
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
         now = time.monotonic()
@@ -36,6 +39,12 @@ class MemoryStore(StatusStore):
             entry = self._snapshots.get(machine)
             found[machine] = entry[0] if entry and entry[1] > now else None
         return found
+
+    async def jobs_of(self, machine: str, uid: int) -> OwnJobs | None:
+        if (await self.get(machine)) is None:
+            return None  # expired with its snapshot
+        survey = self._surveys.get(machine)
+        return survey.jobs_of(uid) if survey is not None else None
 
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
         self._writes[(machine, user)] = (when, time.monotonic() + ttl)

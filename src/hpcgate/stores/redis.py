@@ -2,11 +2,18 @@
 
 Key layout (``prefix`` defaults to ``hpcgate:``):
 
-- ``{prefix}snapshot:{machine}``: the machine's latest snapshot as JSON, replaced whole
-  (readers see the old or the new one, never a mix), with
+- ``{prefix}snapshot:{machine}``: the machine's latest snapshot as JSON (a few KB: the
+  probe's outcome, node counts and the jobs' tally), replaced whole (readers see the old
+  or the new one, never a mix), with
 - ``{prefix}stamp:{machine}``: that snapshot's ``taken`` time, set in the same
   transaction. Readers fetch the small stamps on every read and a snapshot only when its
   stamp changed, so a status read does not move every snapshot out of Redis.
+- ``{prefix}jobs:{machine}``: a hash of the latest survey's jobs, one field per owner's
+  uid (that user's jobs as JSON) and ``taken`` (the survey's time), replaced whole in the
+  same transaction as a survey's snapshot and left as it is by a failed probe's. A
+  user's queue view fetches the ``taken`` field on every read and its own field only
+  when that changed: no gateway ever moves or parses a whole cluster's jobs (20 MB at
+  100,000 jobs).
 - ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
   that machine, expiring after the queue-freshness bound.
 - ``{prefix}session:{sha256 of the token}``: a login, expiring with it.
@@ -44,7 +51,10 @@ from hpcgate.stores.base import (
     new_session,
 )
 from hpcgate.stores.output_paths import RedisOutputPaths
-from hpcgate.stores.snapshot import Snapshot
+from hpcgate.stores.snapshot import OwnJobs, Snapshot, Survey, decode_jobs
+
+OWN_JOBS_KEPT = 4096
+"""Users' job lists a gateway process keeps decoded (per machine and user)."""
 
 
 class RedisStore(StatusStore):
@@ -55,6 +65,8 @@ class RedisStore(StatusStore):
         self.prefix = prefix
         self._parsed: dict[str, tuple[bytes, Snapshot]] = {}  # machine -> (stamp, snapshot)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._own: dict[tuple[str, int], tuple[bytes, OwnJobs]] = {}  # -> (taken, jobs)
+        self._own_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -82,11 +94,19 @@ class RedisStore(StatusStore):
 
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
         ms = int(ttl * 1000)
+        machine = snapshot.machine
+        jobs = f"{self.prefix}jobs:{machine}"
         try:
-            async with self._redis.pipeline(transaction=True) as both:
-                both.set(f"{self.prefix}snapshot:{snapshot.machine}", snapshot.to_json(), px=ms)
-                both.set(f"{self.prefix}stamp:{snapshot.machine}", _stamp(snapshot), px=ms)
-                await both.execute()
+            async with self._redis.pipeline(transaction=True) as together:
+                together.set(f"{self.prefix}snapshot:{machine}", snapshot.to_json(), px=ms)
+                together.set(f"{self.prefix}stamp:{machine}", _stamp(snapshot), px=ms)
+                if isinstance(snapshot, Survey):
+                    fields = {str(uid): raw for uid, raw in snapshot.encoded_jobs().items()}
+                    fields["taken"] = _stamp(snapshot)
+                    together.delete(jobs)
+                    together.hset(jobs, mapping=fields)  # type: ignore[arg-type]  # invariant key
+                together.pexpire(jobs, ms)
+                await together.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
 
@@ -126,6 +146,36 @@ class RedisStore(StatusStore):
         # keyed by the stamp of what was read, which may be newer than the stamp just seen
         self._parsed[machine] = (_stamp(snapshot), snapshot)
         return snapshot
+
+    async def jobs_of(self, machine: str, uid: int) -> OwnJobs | None:
+        taken = await self.command("hget", f"{self.prefix}jobs:{machine}", "taken")
+        if taken is None:
+            return None
+        cached = self._own.get((machine, uid))
+        if cached is not None and cached[0] == taken:
+            return cached[1]  # unchanged: the same object (its answer is encoded once)
+        return await self._refresh_own(machine, uid, taken)
+
+    async def _refresh_own(self, machine: str, uid: int, taken: bytes) -> OwnJobs | None:
+        """``uid``'s jobs, at least as new as ``taken``; a user's readers that see a new
+        survey at once share one fetch and one parse."""
+        key = (machine, uid)
+        if len(self._own_locks) > OWN_JOBS_KEPT:
+            self._own_locks = {k: v for k, v in self._own_locks.items() if v.locked()}
+        async with self._own_locks.setdefault(key, asyncio.Lock()):
+            cached = self._own.get(key)
+            if cached is not None and float(cached[0]) >= float(taken):
+                return cached[1]
+            fresh, raw = await self.command(
+                "hmget", f"{self.prefix}jobs:{machine}", ["taken", str(uid)]
+            )
+            if fresh is None:
+                return None  # expired meanwhile
+            own = OwnJobs(float(fresh), decode_jobs(raw) if raw is not None else ())
+            if len(self._own) >= OWN_JOBS_KEPT:
+                self._own.clear()
+            self._own[key] = (fresh, own)
+            return own
 
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
         key = f"{self.prefix}wrote:{machine}:{user}"
