@@ -25,6 +25,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.login_nodes import LoginNodes
+from tests.slurm_helpers import cancel, held_job, submit
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -193,6 +194,28 @@ def test_cluster_series_are_the_snapshots_counts(local_server: Server) -> None:
     assert 0 <= value(series, "hpcgate_snapshot_age_seconds", machine="ln3") < 60
     assert value(series, "hpcgate_snapshot_stale", machine="ln3") == 0
     assert value(series, "hpcgate_store_up") == 1
+
+
+def test_jobs_waiting_on_a_dependency_are_the_clusters(local_server: Server) -> None:
+    """The dependency gauge counts pending jobs whose reason is a dependency, as squeue."""
+    first = held_job("alice", "dependency-head")
+    waiting = [submit("alice", f"--dependency=afterok:{first}", "--wrap=true") for _ in range(2)]
+    try:
+
+        def agreed() -> float | None:
+            reasons = subprocess.run(
+                ["squeue", "--noheader", "--states=PD", "--format=%r"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            expected = reasons.count("Dependency")
+            gauge = value(scrape(local_server), "slurm_queue_pending_dependency", machine="ln3")
+            return gauge if expected >= 2 and gauge == expected else None
+
+        assert wait_for(agreed, timeout=60, what="the dependency gauge to match squeue") >= 2
+    finally:
+        cancel(*waiting, first)
 
 
 def test_the_exposition_passes_promtool(local_server: Server) -> None:

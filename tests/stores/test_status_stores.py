@@ -85,6 +85,19 @@ def test_each_users_jobs_are_read_apart(make_store: Callable[[], StatusStore]) -
     run(body, make_store())
 
 
+def test_a_failed_probe_does_not_revive_expired_jobs(
+    make_store: Callable[[], StatusStore],
+) -> None:
+    async def body(store: StatusStore) -> None:
+        await store.put(survey("a", 1.0, job("1", 1001)), ttl=0.1)
+        await asyncio.sleep(0.2)
+        await store.put(replace(snapshot("a", 2.0), ok=False, data_taken=1.0), ttl=60)
+        assert await store.get("a") is not None
+        assert await store.jobs_of("a", 1001) is None, "the scheduler is asked instead"
+
+    run(body, make_store())
+
+
 def test_snapshots_expire(make_store: Callable[[], StatusStore]) -> None:
     async def body(store: StatusStore) -> None:
         await store.put(survey("a", 1.0, job("1", 1001)), ttl=0.4)
@@ -132,6 +145,8 @@ def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> No
 
         async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
             sent.extend(args[0] if name == "mget" else [args[0]])
+            if name == "get":
+                await asyncio.sleep(0.05)  # the other readers arrive while it is fetched
             return await command(name, *args, **kwargs)
 
         reader.command = counted  # type: ignore[method-assign]
@@ -159,6 +174,8 @@ def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -
 
         async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
             sent.append((name, args[1:]))
+            if name == "hmget":
+                await asyncio.sleep(0.05)  # the other readers arrive while it is fetched
             return await command(name, *args, **kwargs)
 
         reader.command = counted  # type: ignore[method-assign]
@@ -169,7 +186,23 @@ def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -
         readers = await asyncio.gather(*(reader.jobs_of("a", 1001) for _ in range(50)))
         assert all(own is readers[0] for own in readers)
         assert readers[0] is not None and [j.id for j in readers[0].jobs] == ["1", "5"]
+        assert sent.count(("hget", ("taken",))) == 50, "each reader looked"
         assert sent.count(("hmget", (["taken", "1001"],))) == 1, "50 readers: one fetch"
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())
+
+
+def test_a_redis_reader_follows_a_monitor_whose_clock_stepped_back(prefix: str) -> None:
+    async def body() -> None:
+        writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+        await writer.put(survey("a", 10.0, job("1", 1001)), ttl=60)
+        assert await reader.get("a") is not None and await reader.jobs_of("a", 1001)
+        later = survey("a", 9.0, job("1", 1001), job("2", 1001))  # written later, older time
+        await writer.put(later, ttl=60)
+        assert await reader.get("a") == later.head()
+        assert await reader.jobs_of("a", 1001) == OwnJobs(9.0, later.jobs)
         await writer.close()
         await reader.close()
 

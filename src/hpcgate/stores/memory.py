@@ -28,9 +28,12 @@ class MemoryStore(StatusStore):
         self._writes: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
-        self._snapshots[snapshot.machine] = (snapshot.head(), time.monotonic() + ttl)
+        machine = snapshot.machine
         if isinstance(snapshot, Survey):
-            self._surveys[snapshot.machine] = snapshot
+            self._surveys[machine] = snapshot
+        elif (await self.get(machine)) is None:
+            self._surveys.pop(machine, None)  # expired: a failed probe does not revive it
+        self._snapshots[machine] = (snapshot.head(), time.monotonic() + ttl)
 
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
         now = time.monotonic()
@@ -42,7 +45,8 @@ class MemoryStore(StatusStore):
 
     async def jobs_of(self, machine: str, uid: int) -> OwnJobs | None:
         if (await self.get(machine)) is None:
-            return None  # expired with its snapshot
+            self._surveys.pop(machine, None)  # expired with its snapshot
+            return None
         survey = self._surveys.get(machine)
         return survey.jobs_of(uid) if survey is not None else None
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -65,7 +66,8 @@ class RedisStore(StatusStore):
         self.prefix = prefix
         self._parsed: dict[str, tuple[bytes, Snapshot]] = {}  # machine -> (stamp, snapshot)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._own: dict[tuple[str, int], tuple[bytes, OwnJobs]] = {}  # -> (taken, jobs)
+        # (machine, uid) -> (taken, jobs), the least recently read first
+        self._own: OrderedDict[tuple[str, int], tuple[bytes, OwnJobs]] = OrderedDict()
         self._own_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._redis = redis.Redis.from_url(
             url,
@@ -131,12 +133,12 @@ class RedisStore(StatusStore):
         return found
 
     async def _refresh(self, machine: str, stamp: bytes) -> Snapshot | None:
-        """The machine's snapshot, at least as new as ``stamp``. Readers that see a new
-        stamp at once share one fetch and one parse: a snapshot of 10,000 jobs is 1.6 MB,
-        and 64 parses of it in a row stalled every request for seconds."""
+        """The machine's snapshot as of ``stamp`` or later. Readers that see a new stamp at
+        once share one fetch and one parse."""
+        before = self._parsed.get(machine)
         async with self._locks.setdefault(machine, asyncio.Lock()):
             cached = self._parsed.get(machine)
-            if cached is not None and float(cached[0]) >= float(stamp):
+            if cached is not None and _current(cached[0], stamp, cached is not before):
                 return cached[1]
             raw = await self.command("get", f"{self.prefix}snapshot:{machine}")
             return None if raw is None else self._parse(machine, raw)
@@ -151,20 +153,24 @@ class RedisStore(StatusStore):
         taken = await self.command("hget", f"{self.prefix}jobs:{machine}", "taken")
         if taken is None:
             return None
-        cached = self._own.get((machine, uid))
-        if cached is not None and cached[0] == taken:
-            return cached[1]  # unchanged: the same object (its answer is encoded once)
-        return await self._refresh_own(machine, uid, taken)
-
-    async def _refresh_own(self, machine: str, uid: int, taken: bytes) -> OwnJobs | None:
-        """``uid``'s jobs, at least as new as ``taken``; a user's readers that see a new
-        survey at once share one fetch and one parse."""
         key = (machine, uid)
-        if len(self._own_locks) > OWN_JOBS_KEPT:
-            self._own_locks = {k: v for k, v in self._own_locks.items() if v.locked()}
+        cached = self._own.get(key)
+        if cached is not None and cached[0] == taken:
+            self._own.move_to_end(key)
+            return cached[1]  # unchanged: the same object (its answer is encoded once)
+        return await self._refresh_own(key, taken, cached)
+
+    async def _refresh_own(
+        self, key: tuple[str, int], taken: bytes, before: tuple[bytes, OwnJobs] | None
+    ) -> OwnJobs | None:
+        """A user's jobs as of ``taken`` or later. That user's readers that see a new
+        survey at once share one fetch and one parse."""
+        machine, uid = key
+        if len(self._own_locks) > 2 * OWN_JOBS_KEPT:  # only locks in use are worth keeping
+            self._own_locks = {k: lock for k, lock in self._own_locks.items() if lock.locked()}
         async with self._own_locks.setdefault(key, asyncio.Lock()):
             cached = self._own.get(key)
-            if cached is not None and float(cached[0]) >= float(taken):
+            if cached is not None and _current(cached[0], taken, cached is not before):
                 return cached[1]
             fresh, raw = await self.command(
                 "hmget", f"{self.prefix}jobs:{machine}", ["taken", str(uid)]
@@ -172,9 +178,10 @@ class RedisStore(StatusStore):
             if fresh is None:
                 return None  # expired meanwhile
             own = OwnJobs(float(fresh), decode_jobs(raw) if raw is not None else ())
-            if len(self._own) >= OWN_JOBS_KEPT:
-                self._own.clear()
             self._own[key] = (fresh, own)
+            self._own.move_to_end(key)
+            if len(self._own) > OWN_JOBS_KEPT:
+                self._own.popitem(last=False)  # the least recently read
             return own
 
     async def note_write(self, machine: str, user: str, when: float, ttl: float) -> None:
@@ -191,6 +198,13 @@ class RedisStore(StatusStore):
 
 def _stamp(snapshot: Snapshot) -> bytes:
     return repr(snapshot.taken).encode()
+
+
+def _current(cached: bytes, seen: bytes, fetched_meanwhile: bool) -> bool:
+    """Whether what is cached under stamp ``cached`` answers a reader that saw ``seen``:
+    the same, or fetched by another reader while this one waited and no older than it
+    (a monitor whose clock stepped back writes a smaller stamp: that one is fetched)."""
+    return cached == seen or (fetched_meanwhile and float(cached) >= float(seen))
 
 
 class RedisSessionStore(SessionStore):

@@ -69,8 +69,8 @@ class Snapshot:
 
     ``taken`` is when the probe started; ``data_taken`` when the scheduler data (jobs,
     nodes) was last read successfully, which is older than ``taken`` after a failed
-    probe (whose snapshot carries the last good data). Queue views judge freshness by
-    ``data_taken``.
+    probe (whose snapshot carries the last good data). A user's queue view judges
+    freshness by the ``taken`` of the survey its jobs come from (:class:`OwnJobs`).
     """
 
     machine: str
@@ -113,14 +113,14 @@ class Snapshot:
             }
         )
 
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Snapshot:
+    @staticmethod
+    def from_json(raw: bytes | str) -> Snapshot:
         data: dict[str, Any] = orjson.loads(raw)
         if "tally" in data:
             tally = JobTally.from_dict(data["tally"])
         else:  # written by an earlier hpcgate, with every job inside: counted once here
             tally = JobTally.of(record_from_dict(job) for job in data.get("jobs", ()))
-        return cls(
+        return Snapshot(
             machine=data["machine"],
             taken=data["taken"],
             ok=data["ok"],
@@ -155,7 +155,7 @@ class OwnJobs:
 @dataclass(frozen=True)
 class Survey(Snapshot):
     """A successful probe with every job it listed: what a monitor writes. Its tally is
-    counted from ``jobs``."""
+    always counted from ``jobs`` (one given to the constructor is replaced)."""
 
     jobs: tuple[JobRecord, ...] = ()
 
