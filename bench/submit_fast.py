@@ -19,11 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hpcgate.accounts import UnixAccount
+from hpcgate.config import LimitsConfig
 from hpcgate.process import Limits
 from hpcgate.runners.local import LocalRunner
 from hpcgate.runners.local_helper import HelperRunner
 
-LIMITS = Limits(timeout=30, output_bytes=1 << 20)
+DEFAULTS = LimitsConfig()
+LIMITS = Limits(30, 1 << 20, DEFAULTS.max_processes, DEFAULTS.max_memory_bytes)
+"""What a gateway's actions run under by default (the address-space limit included)."""
 NAME = "bench-submit-fast"
 SCRIPT = b"#!/bin/bash\ntrue\n"
 

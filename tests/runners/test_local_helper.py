@@ -212,3 +212,39 @@ def test_a_dead_helper_is_replaced(runner: HelperRunner, alice: UnixAccount) -> 
 
     first, second, output = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert output == "alice\n" and first != second
+
+
+def test_an_action_inherits_its_memory_limit_from_a_helper_started_under_it(
+    runner: HelperRunner, alice: UnixAccount
+) -> None:
+    # the program's soft and hard limit, its parent (the helper that spawned it) and the
+    # parent's own limit
+    probe = [
+        "sh",
+        "-c",
+        'ulimit -S -v; ulimit -H -v; echo $PPID; grep "Max address space" /proc/$PPID/limits',
+    ]
+
+    async def scenario() -> list[tuple[int | None, list[str]]]:
+        seen = []
+        try:
+            for limit in (2 << 30, 3 << 30, 256 << 20, None, 2 << 30):
+                limits = Limits(timeout=10, output_bytes=1 << 20, max_memory_bytes=limit)
+                done = await runner.run(alice, probe, limits=limits)
+                assert done.ok, done.stderr
+                soft, hard, parent, parents_limit = done.stdout.splitlines()
+                seen.append((limit, [soft, hard, parent, parents_limit.split()[3]]))
+            return seen
+        finally:
+            await runner.close()
+
+    (two, three, small, unbounded, two_again) = [found for _, found in asyncio.run(scenario())]
+    for limit, found in ((2 << 30, two), (3 << 30, three)):  # born under it: inherited
+        kib, parents = str(limit // 1024), str(limit)
+        assert found[:2] == [kib, kib] and found[3] == parents, "the helper carries it"
+    assert two_again == two, "the same helper again"
+    assert len({two[2], three[2], unbounded[2]}) == 3, "a helper per limit"
+    # below 1 GiB the helper is not bounded: each program starts through prlimit
+    assert small[:2] == [str(256 << 10)] * 2 and small[3] == "unlimited"
+    assert small[2] == unbounded[2], "the user's unbounded helper"
+    assert unbounded[:2] == ["unlimited"] * 2 and unbounded[3] == "unlimited"

@@ -16,6 +16,10 @@ the action's end, its time limit, its output cap or the client going away kills 
 it through ``cgroup.kill`` exactly as in the local runner. On a host without usable
 cgroups this transport falls back to the local runner's own spawning.
 
+A helper is started under the address-space limit of the actions it serves
+(``prlimit --as``, set as root before the switch to the user), which every program it
+starts inherits; an action under another limit goes to another helper of the user.
+
 Helpers are never shared between users (keyed by uid, gid and groups), capped in number
 (``machines.NAME.options.helpers``, default 64; past it an idle one is stopped, or the
 action runs the ``local`` way), and stopped after ``options.helper_idle`` seconds
@@ -58,6 +62,11 @@ DEFAULT_HELPERS = 64
 DEFAULT_IDLE = 300.0
 _START_TIMEOUT = 10.0
 _HELPER_PYTHON = "/usr/bin/python3"
+HELPER_MIN_ADDRESS_SPACE = 1 << 30
+"""Below this address-space limit a helper is not started under it (its own Python needs
+room); its actions are then each started through prlimit."""
+_Key = tuple[int, int, tuple[int, ...], int | None]
+"""A helper's owner (uid, gid, groups) and the address-space limit it was started with."""
 
 
 class HelperGone(Exception):
@@ -67,9 +76,16 @@ class HelperGone(Exception):
 class _Helper:
     """The gateway's side of one user's helper process."""
 
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        sock: socket.socket,
+        memory_limit: int | None = None,
+    ) -> None:
         self.process = process
         self.pid = process.pid
+        self.memory_limit = memory_limit
+        """The RLIMIT_AS (soft and hard) the helper, and so every program it starts, has."""
         self._sock = sock
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
@@ -187,8 +203,8 @@ class HelperRunner(LocalRunner):
         self._containment_in_use = containment or self._containment
         self.max_helpers = max_helpers
         self.idle_seconds = idle_seconds
-        self._helpers: dict[tuple[int, int, tuple[int, ...]], _Helper] = {}
-        self._starting: dict[tuple[int, int, tuple[int, ...]], asyncio.Future[_Helper]] = {}
+        self._helpers: dict[_Key, _Helper] = {}
+        self._starting: dict[_Key, asyncio.Future[_Helper]] = {}
         self._reaper: asyncio.TimerHandle | None = None
         self._stopping: set[asyncio.Future[None]] = set()
         self._python = shutil.which(_HELPER_PYTHON) or sys.executable
@@ -237,11 +253,15 @@ class HelperRunner(LocalRunner):
     def _usable(self) -> bool:
         return self._switch_user is not None and bool(self._containment_in_use.v2_parent)
 
-    async def _helper(self, account: UnixAccount) -> _Helper | None:
-        """The account's helper, started if need be; None when the cap is reached."""
+    async def _helper(
+        self, account: UnixAccount, memory_limit: int | None = None
+    ) -> _Helper | None:
+        """The account's helper for actions under ``memory_limit``, started if need be;
+        None when the cap is reached."""
         if account.uid == 0:
             raise Forbidden("actions never run as root")
-        key = (account.uid, account.gid, tuple(account.groups or (account.gid,)))
+        inherited = self._inherited_limit(memory_limit)
+        key = (account.uid, account.gid, tuple(account.groups or (account.gid,)), inherited)
         helper = self._helpers.get(key)
         if helper is not None and helper.alive:
             return helper
@@ -255,7 +275,7 @@ class HelperRunner(LocalRunner):
         if starting is None:
             if len(self._helpers) >= self.max_helpers and not await self._evict_one():
                 return None
-            starting = asyncio.ensure_future(self._start(account))
+            starting = asyncio.ensure_future(self._start(account, inherited))
             self._starting[key] = starting
             starting.add_done_callback(lambda _: self._starting.pop(key, None))
         helper = await asyncio.shield(starting)
@@ -263,14 +283,29 @@ class HelperRunner(LocalRunner):
         self._schedule_reaping()
         return helper
 
-    async def _start(self, account: UnixAccount) -> _Helper:
+    def _inherited_limit(self, memory_limit: int | None) -> int | None:
+        """The address-space limit a helper for actions under ``memory_limit`` is started
+        with, so that its programs inherit it instead of each starting through prlimit
+        (0.6 ms an action here); None when they must be started through it (no prlimit on
+        the host, or a limit too small for the helper's own Python)."""
+        prlimit = self._containment_in_use.prlimit
+        if memory_limit is None or prlimit is None or memory_limit < HELPER_MIN_ADDRESS_SPACE:
+            return None
+        return memory_limit
+
+    async def _start(self, account: UnixAccount, memory_limit: int | None) -> _Helper:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         argv = [self._python, "-I", "-S", "-c", self._source, str(theirs.fileno())]
         environment = account.environment(self._path)
+        command = self._as_user(account, self._python, argv)
+        if memory_limit is not None:  # set as root before the switch: the user cannot raise it
+            prlimit = self._containment_in_use.prlimit
+            assert prlimit is not None
+            command = [prlimit, f"--as={memory_limit}:{memory_limit}", "--", *command]
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._as_user(account, self._python, argv),
+                *command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -285,7 +320,7 @@ class HelperRunner(LocalRunner):
         finally:
             theirs.close()
         metrics.PROCESSES_SPAWNED.inc()
-        helper = _Helper(process, ours)
+        helper = _Helper(process, ours, memory_limit)
         log.info("started the helper of %s (pid %d)", account.name, helper.pid)
         return helper
 
@@ -322,7 +357,7 @@ class HelperRunner(LocalRunner):
     ) -> None:
         if not self._usable():
             return await super().write_file(account, path, data, limits=limits)
-        helper = await self._helper(account)
+        helper = await self._helper(account, limits.max_memory_bytes)
         if helper is None:
             return await super().write_file(account, path, data, limits=limits)
         helper.in_flight += 1
@@ -356,7 +391,7 @@ class HelperRunner(LocalRunner):
         program = shutil.which(argv[0], path=environment["PATH"])
         if program is None:
             raise BadRequest(f"{argv[0]}: command not found on this machine")
-        helper = await self._helper(account)
+        helper = await self._helper(account, limits.max_memory_bytes)
         if helper is None:
             return await super().run(account, argv, limits=limits, stdin=stdin, cwd=cwd)
         workdir = cwd or (account.home if os.path.isdir(account.home) else "/")
@@ -386,7 +421,9 @@ class HelperRunner(LocalRunner):
         stdout_read, stdout_write = os.pipe2(os.O_CLOEXEC)
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
         theirs = (stdin_read, stdout_write, stderr_write)
-        bounded = scope.limited([program, *argv[1:]], nproc=False)  # RLIMIT_AS
+        bounded = [program, *argv[1:]]
+        if helper.memory_limit != limits.max_memory_bytes:  # not inherited from the helper
+            bounded = scope.limited(bounded, nproc=False)  # RLIMIT_AS
         message = {"op": "spawn", "argv": bounded, "env": environment, "cwd": workdir}
         # Shielded: once the helper was asked, it must be back home before anything else,
         # and a program it started must be in the scope that is killed.
