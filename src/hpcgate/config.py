@@ -173,6 +173,13 @@ class StoreConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = Field("hpcgate:", description="prepended to every Redis key")
     timeout: float = Field(2.0, gt=0, description="seconds a Redis command may take")
+    check_interval: float = Field(
+        0.05,
+        ge=0,
+        le=5,
+        description="redis: seconds a process trusts the last snapshot stamps it read before "
+        "reading them again (a new snapshot is seen that much later); 0: on every read",
+    )
     idempotency_ttl: float = Field(
         86400.0, gt=0, description="seconds an Idempotency-Key of POST /api/job is remembered"
     )

@@ -141,7 +141,10 @@ def build_stores(config: Config) -> Stores:
         from hpcgate.stores.redis import redis_stores
 
         return redis_stores(
-            config.store.redis_url, prefix=config.store.prefix, timeout=config.store.timeout
+            config.store.redis_url,
+            prefix=config.store.prefix,
+            timeout=config.store.timeout,
+            check_interval=config.store.check_interval,
         )
     from hpcgate.stores.sqlite import SqliteIdempotencyStore, default_path
 

@@ -173,20 +173,21 @@ def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -
         command = reader.command
 
         async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-            sent.append((name, args[1:]))
+            sent.append((name, tuple(args[0]) if name == "mget" else args[1:]))
             if name == "hmget":
                 await asyncio.sleep(0.05)  # the other readers arrive while it is fetched
             return await command(name, *args, **kwargs)
 
         reader.command = counted  # type: ignore[method-assign]
         assert await reader.jobs_of("a", 1001) is first, "the same object: encoded once"
-        assert sent == [("hget", ("taken",))], "only the survey's time crossed the wire"
+        stamp = ("mget", (f"{prefix}listed:a",))
+        assert sent == [stamp], "only the survey's time crossed the wire"
         await writer.put(survey("a", 2.0, job("1", 1001), job("5", 1001), *many), ttl=60)
         sent.clear()
         readers = await asyncio.gather(*(reader.jobs_of("a", 1001) for _ in range(50)))
         assert all(own is readers[0] for own in readers)
         assert readers[0] is not None and [j.id for j in readers[0].jobs] == ["1", "5"]
-        assert sent.count(("hget", ("taken",))) == 50, "each reader looked"
+        assert sent.count(stamp) == 50, "each reader looked"
         assert sent.count(("hmget", (["taken", "1001"],))) == 1, "50 readers: one fetch"
         await writer.close()
         await reader.close()
@@ -244,3 +245,36 @@ def test_a_redis_error_never_shows_the_password() -> None:
     message = asyncio.run(read())
     assert "s3cret-word" not in message and "hpcgate@" not in message
     assert "redis://127.0.0.1:" in message
+
+
+def test_a_redis_reader_checks_the_stamps_at_most_once_per_interval(prefix: str) -> None:
+    async def body() -> None:
+        writer = RedisStore(REDIS_URL, prefix=prefix)
+        reader = RedisStore(REDIS_URL, prefix=prefix, check_interval=0.3)
+        await writer.put(survey("a", 1.0, job("1", 1001)), ttl=60)
+        sent: list[str] = []
+        command = reader.command
+
+        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+            sent.append(name)
+            return await command(name, *args, **kwargs)
+
+        reader.command = counted  # type: ignore[method-assign]
+        first = await reader.get("a")
+        own = await reader.jobs_of("a", 1001)
+        sent.clear()
+        for _ in range(20):
+            assert await reader.get("a") is first and await reader.jobs_of("a", 1001) is own
+        assert sent == [], "within the interval: no round trip at all"
+
+        await writer.put(survey("a", 2.0, job("1", 1001), job("2", 1001)), ttl=60)
+        assert await reader.get("a") is first, "trusted until the interval is over"
+        await asyncio.sleep(0.35)
+        latest = await writer.get("a")
+        assert latest is not None and latest.taken == 2.0
+        assert await reader.get("a") == latest
+        assert await reader.jobs_of("a", 1001) == OwnJobs(2.0, (job("1", 1001), job("2", 1001)))
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(body())

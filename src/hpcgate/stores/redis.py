@@ -9,11 +9,16 @@ Key layout (``prefix`` defaults to ``hpcgate:``):
   transaction. Readers fetch the small stamps on every read and a snapshot only when its
   stamp changed, so a status read does not move every snapshot out of Redis.
 - ``{prefix}jobs:{machine}``: a hash of the latest survey's jobs, one field per owner's
-  uid (that user's jobs as JSON) and ``taken`` (the survey's time), replaced whole in the
-  same transaction as a survey's snapshot and left as it is by a failed probe's. A
-  user's queue view fetches the ``taken`` field on every read and its own field only
-  when that changed: no gateway ever moves or parses a whole cluster's jobs (20 MB at
-  100,000 jobs).
+  uid (that user's jobs as JSON) and ``taken`` (the survey's time), with
+- ``{prefix}listed:{machine}``: that survey's time, both replaced in the same
+  transaction as a survey's snapshot and left as they are by a failed probe's. A user's
+  queue view reads the small ``listed`` stamp and its own field of the hash only when
+  that changed: no gateway ever moves or parses a whole cluster's jobs (20 MB at 100,000
+  jobs).
+
+A process reads each stamp at most once per ``check_interval`` (``store.check_interval``,
+0.05 s by default for gateways), trusting the last value in between: a status or queue
+read then costs no round trip to Redis at all.
 - ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
   that machine, expiring after the queue-freshness bound.
 - ``{prefix}session:{sha256 of the token}``: a login, expiring with it.
@@ -61,9 +66,19 @@ OWN_JOBS_KEPT = 4096
 class RedisStore(StatusStore):
     """Snapshots in Redis; also the connection the other Redis-backed stores share."""
 
-    def __init__(self, url: str, *, prefix: str = "hpcgate:", timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hpcgate:",
+        timeout: float = 2.0,
+        check_interval: float = 0.0,
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.check_interval = check_interval
+        """Seconds a stamp read from Redis is trusted before it is read again (0: never)."""
+        self._checked: dict[str, tuple[float, bytes | None]] = {}  # key -> (when, value)
         self._parsed: dict[str, tuple[bytes, Snapshot]] = {}  # machine -> (stamp, snapshot)
         self._locks: dict[str, asyncio.Lock] = {}
         # (machine, uid) -> (taken, jobs), the least recently read first
@@ -97,7 +112,7 @@ class RedisStore(StatusStore):
     async def put(self, snapshot: Snapshot, ttl: float) -> None:
         ms = int(ttl * 1000)
         machine = snapshot.machine
-        jobs = f"{self.prefix}jobs:{machine}"
+        jobs, listed = f"{self.prefix}jobs:{machine}", f"{self.prefix}listed:{machine}"
         try:
             async with self._redis.pipeline(transaction=True) as together:
                 together.set(f"{self.prefix}snapshot:{machine}", snapshot.to_json(), px=ms)
@@ -107,7 +122,9 @@ class RedisStore(StatusStore):
                     fields["taken"] = _stamp(snapshot)
                     together.delete(jobs)
                     together.hset(jobs, mapping=fields)  # type: ignore[arg-type]  # invariant key
+                    together.set(listed, _stamp(snapshot), px=ms)
                 together.pexpire(jobs, ms)
+                together.pexpire(listed, ms)
                 await together.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
@@ -116,7 +133,7 @@ class RedisStore(StatusStore):
         names = list(machines)
         if not names:
             return {}
-        stamps = await self.command("mget", [f"{self.prefix}stamp:{name}" for name in names])
+        stamps = await self._stamps([f"{self.prefix}stamp:{name}" for name in names])
         found: dict[str, Snapshot | None] = {}
         changed: dict[str, bytes] = {}
         for name, stamp in zip(names, stamps, strict=True):
@@ -149,8 +166,27 @@ class RedisStore(StatusStore):
         self._parsed[machine] = (_stamp(snapshot), snapshot)
         return snapshot
 
+    async def _stamps(self, keys: list[str]) -> list[bytes | None]:
+        """The values of small stamp keys, each read from Redis at most once per
+        ``check_interval``: in between, this process trusts the last value it read, so it
+        sees a new snapshot up to that much later and spares Redis a round trip a read."""
+        now = time.monotonic()
+        trusted = now - self.check_interval
+        values: dict[str, bytes | None] = {}
+        for key in keys:
+            checked = self._checked.get(key)
+            if checked is not None and checked[0] > trusted:
+                values[key] = checked[1]
+        unknown = [key for key in keys if key not in values]
+        if unknown:
+            read = await self.command("mget", unknown)
+            values.update(zip(unknown, read, strict=True))
+            if self.check_interval > 0:
+                self._checked.update((key, (now, values[key])) for key in unknown)
+        return [values[key] for key in keys]
+
     async def jobs_of(self, machine: str, uid: int) -> OwnJobs | None:
-        taken = await self.command("hget", f"{self.prefix}jobs:{machine}", "taken")
+        (taken,) = await self._stamps([f"{self.prefix}listed:{machine}"])
         if taken is None:
             return None
         key = (machine, uid)
@@ -294,9 +330,9 @@ class RedisIdempotencyStore(IdempotencyStore):
         return float(raw) if raw is not None else time.time()
 
 
-def redis_stores(url: str, *, prefix: str, timeout: float) -> Stores:
+def redis_stores(url: str, *, prefix: str, timeout: float, check_interval: float = 0.0) -> Stores:
     """The shared family: every store on one Redis connection."""
-    status = RedisStore(url, prefix=prefix, timeout=timeout)
+    status = RedisStore(url, prefix=prefix, timeout=timeout, check_interval=check_interval)
     return Stores(
         status,
         RedisSessionStore(status),
