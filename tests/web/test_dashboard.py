@@ -311,19 +311,12 @@ def test_log_out_ends_the_session_for_the_api_too(
     page = open_page(pages, browser, local_server, "alice")
     cookie = next(c for c in page.context.cookies() if c["name"] == "newt_sessionid")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    with httpx.Client(base_url=f"{local_server.url}/api") as api:  # the same session
-        assert (
-            api.get("/auth", cookies={"newt_sessionid": cookie["value"]}).json()["output"][
-                "username"
-            ]
-            == "alice"
-        )
+    session = {"newt_sessionid": cookie["value"]}
+    with httpx.Client(base_url=f"{local_server.url}/api", cookies=session) as api:  # the same
+        assert api.get("/auth").json()["output"]["username"] == "alice"
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(re.compile(r"/web/login$"))
-        assert (
-            api.get("/auth", cookies={"newt_sessionid": cookie["value"]}).json()["output"]["auth"]
-            is False
-        )
+        assert api.get("/auth").json()["output"]["auth"] is False
     page.goto("/web/m/ln3/jobs")
     expect(page).to_have_url(re.compile(r"/web/login\?next="))
 
