@@ -52,7 +52,7 @@ from hpcgate.errors import BadRequest, Forbidden, TimedOut, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits
 from hpcgate.runners import userhelper
-from hpcgate.runners.containment import ACTION_MARKER, ActionScope, Containment
+from hpcgate.runners.containment import ACTION_MARKER, ActionScope, Containment, write_control
 from hpcgate.runners.local import DEFAULT_PATH, LocalRunner
 from hpcgate.runners.pump import READ_CHUNK, pump
 
@@ -568,7 +568,7 @@ async def _write_all(fd: int, data: bytes) -> None:
 def _move(pid: int, cgroups: Sequence[Path]) -> None:
     """Move process ``pid`` into each cgroup (as root: the cgroups stay root's)."""
     for cgroup in cgroups:
-        (cgroup / "cgroup.procs").write_text(str(pid))
+        write_control(cgroup / "cgroup.procs", str(pid))
 
 
 def _cgroups_of(pid: int) -> list[Path]:
