@@ -33,6 +33,23 @@ def survey(machine: str, taken: float, *jobs: JobRecord) -> Survey:
     return Survey(machine, taken, True, 0.01, (True,), data_taken=taken, jobs=jobs)
 
 
+def spy(store: RedisStore, slow: str = "") -> list[tuple[str, tuple[Any, ...]]]:
+    """What ``store`` sends from now on: each command's name and keys (or arguments).
+    The command named ``slow`` takes 50 ms more, so that readers arriving meanwhile
+    really overlap it."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    command = store.command
+
+    async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((name, tuple(args[0]) if name == "mget" else args))
+        if name == slow:
+            await asyncio.sleep(0.05)
+        return await command(name, *args, **kwargs)
+
+    store.command = counted  # type: ignore[method-assign]
+    return sent
+
+
 def run(body: Callable[[StatusStore], Coroutine[Any, Any, None]], store: StatusStore) -> None:
     async def main() -> None:
         try:
@@ -140,23 +157,15 @@ def test_a_redis_reader_moves_a_snapshot_only_when_it_changed(prefix: str) -> No
         writer, reader = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
         await writer.put(snapshot("a", 1.0), ttl=60)
         first = await reader.get("a")
-        sent: list[str] = []
-        command = reader.command
-
-        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-            sent.extend(args[0] if name == "mget" else [args[0]])
-            if name == "get":
-                await asyncio.sleep(0.05)  # the other readers arrive while it is fetched
-            return await command(name, *args, **kwargs)
-
-        reader.command = counted  # type: ignore[method-assign]
+        sent = spy(reader, slow="get")
         assert await reader.get("a") is first, "the same object: counts and index reused"
-        assert sent == [f"{prefix}stamp:a"], "only the stamp crossed the wire"
+        assert sent == [("mget", (f"{prefix}stamp:a",))], "only the stamp crossed the wire"
         await writer.put(snapshot("a", 2.0), ttl=60)
         sent.clear()
         readers = await asyncio.gather(*(reader.get("a") for _ in range(50)))
         assert all(found == snapshot("a", 2.0) for found in readers)
-        assert sent.count(f"{prefix}snapshot:a") == 1, "50 readers at once: one fetch, one parse"
+        fetch = ("get", (f"{prefix}snapshot:a",))
+        assert sent.count(fetch) == 1, "50 readers at once: one fetch, one parse"
         await writer.close()
         await reader.close()
 
@@ -169,16 +178,7 @@ def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -
         many = [job(str(n), 1002) for n in range(2000)]  # another user's: never fetched
         await writer.put(survey("a", 1.0, job("1", 1001), *many), ttl=60)
         first = await reader.jobs_of("a", 1001)
-        sent: list[tuple[str, Any]] = []
-        command = reader.command
-
-        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-            sent.append((name, tuple(args[0]) if name == "mget" else args[1:]))
-            if name == "hmget":
-                await asyncio.sleep(0.05)  # the other readers arrive while it is fetched
-            return await command(name, *args, **kwargs)
-
-        reader.command = counted  # type: ignore[method-assign]
+        sent = spy(reader, slow="hmget")
         assert await reader.jobs_of("a", 1001) is first, "the same object: encoded once"
         stamp = ("mget", (f"{prefix}listed:a",))
         assert sent == [stamp], "only the survey's time crossed the wire"
@@ -188,7 +188,8 @@ def test_a_redis_reader_moves_a_users_jobs_only_when_they_changed(prefix: str) -
         assert all(own is readers[0] for own in readers)
         assert readers[0] is not None and [j.id for j in readers[0].jobs] == ["1", "5"]
         assert sent.count(stamp) == 50, "each reader looked"
-        assert sent.count(("hmget", (["taken", "1001"],))) == 1, "50 readers: one fetch"
+        fetch = ("hmget", (f"{prefix}jobs:a", ["taken", "1001"]))
+        assert sent.count(fetch) == 1, "50 readers: one fetch"
         await writer.close()
         await reader.close()
 
@@ -252,14 +253,7 @@ def test_a_redis_reader_checks_the_stamps_at_most_once_per_interval(prefix: str)
         writer = RedisStore(REDIS_URL, prefix=prefix)
         reader = RedisStore(REDIS_URL, prefix=prefix, check_interval=0.3)
         await writer.put(survey("a", 1.0, job("1", 1001)), ttl=60)
-        sent: list[str] = []
-        command = reader.command
-
-        async def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-            sent.append(name)
-            return await command(name, *args, **kwargs)
-
-        reader.command = counted  # type: ignore[method-assign]
+        sent = spy(reader)
         first = await reader.get("a")
         own = await reader.jobs_of("a", 1001)
         sent.clear()
