@@ -101,8 +101,17 @@ def build_files(name: str, config: Config, machine: Machine) -> FileService:
         name,
         machine.runner,
         FileLimits(
-            command=Limits(limits.timeout, limits.output_bytes),
-            transfer=Limits(limits.transfer_timeout, limits.scheduler_output_bytes),
+            # the machine's process and memory bounds too: every action is bounded alike,
+            # and with local-helper one helper per user serves them all
+            command=Limits(
+                limits.timeout, limits.output_bytes, limits.max_processes, limits.max_memory_bytes
+            ),
+            transfer=Limits(
+                limits.transfer_timeout,
+                limits.scheduler_output_bytes,
+                limits.max_processes,
+                limits.max_memory_bytes,
+            ),
             max_upload_bytes=limits.max_upload_bytes,
             page_size=limits.listing_page_size,
         ),

@@ -263,6 +263,9 @@ def test_a_redis_reader_checks_the_stamps_at_most_once_per_interval(prefix: str)
 
         await writer.put(survey("a", 2.0, job("1", 1001), job("2", 1001)), ttl=60)
         assert await reader.get("a") is first, "trusted until the interval is over"
+        assert await reader.get("b") is None  # trusted too, for the interval
+        await reader.put(snapshot("b", 3.0), ttl=60)
+        assert await reader.get("b") == snapshot("b", 3.0), "its own write: seen at once"
         await asyncio.sleep(0.35)
         latest = await writer.get("a")
         assert latest is not None and latest.taken == 2.0

@@ -232,7 +232,8 @@ class HelperRunner(LocalRunner):
 
     @property
     def helpers(self) -> dict[int, int]:
-        """uid -> pid of each running helper (for tests and diagnostics)."""
+        """uid -> pid of each running helper (for tests and diagnostics; a user with
+        helpers under several memory limits shows one of them)."""
         return {key[0]: helper.pid for key, helper in self._helpers.items() if helper.alive}
 
     async def close(self) -> None:

@@ -6,8 +6,8 @@ Key layout (``prefix`` defaults to ``hpcgate:``):
   probe's outcome, node counts and the jobs' tally), replaced whole (readers see the old
   or the new one, never a mix), with
 - ``{prefix}stamp:{machine}``: that snapshot's ``taken`` time, set in the same
-  transaction. Readers fetch the small stamps on every read and a snapshot only when its
-  stamp changed, so a status read does not move every snapshot out of Redis.
+  transaction. Readers fetch a snapshot only when its stamp changed, so a status read
+  does not move every snapshot out of Redis.
 - ``{prefix}jobs:{machine}``: a hash of the latest survey's jobs, one field per owner's
   uid (that user's jobs as JSON) and ``taken`` (the survey's time), with
 - ``{prefix}listed:{machine}``: that survey's time, both replaced in the same
@@ -15,10 +15,6 @@ Key layout (``prefix`` defaults to ``hpcgate:``):
   queue view reads the small ``listed`` stamp and its own field of the hash only when
   that changed: no gateway ever moves or parses a whole cluster's jobs (20 MB at 100,000
   jobs).
-
-A process reads each stamp at most once per ``check_interval`` (``store.check_interval``,
-0.05 s by default for gateways), trusting the last value in between: a status or queue
-read then costs no round trip to Redis at all.
 - ``{prefix}wrote:{machine}:{user}``: epoch seconds of the user's last submit or kill on
   that machine, expiring after the queue-freshness bound.
 - ``{prefix}session:{sha256 of the token}``: a login, expiring with it.
@@ -27,6 +23,10 @@ read then costs no round trip to Redis at all.
 - ``{prefix}idem-since``: when this Redis began keeping those records (no expiry). When it
   is missing (an emptied Redis), it is set anew: keys claimed within ``idempotency_ttl``
   after that are first looked up in the scheduler, whose jobs carry their key's tag.
+
+A process reads the two stamps at most once per ``check_interval`` (``store.check_interval``,
+0.05 s by default), trusting the last value in between (and what it wrote itself): a
+status read then costs no round trip to Redis at all.
 
 Every command has a short timeout, and every failure becomes :class:`StoreUnavailable`
 (503): a dead Redis never hangs a request.
@@ -128,6 +128,11 @@ class RedisStore(StatusStore):
                 await together.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
+        if self.check_interval > 0:  # this process sees its own write at once
+            now = time.monotonic()
+            self._checked[f"{self.prefix}stamp:{machine}"] = (now, _stamp(snapshot))
+            if isinstance(snapshot, Survey):
+                self._checked[listed] = (now, _stamp(snapshot))
 
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
         names = list(machines)
