@@ -4,6 +4,7 @@ long-lived helper per user that holds that user's identity and nothing more."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -248,3 +249,25 @@ def test_an_action_inherits_its_memory_limit_from_a_helper_started_under_it(
     assert small[:2] == [str(256 << 10)] * 2 and small[3] == "unlimited"
     assert small[2] == unbounded[2], "the user's unbounded helper"
     assert unbounded[:2] == ["unlimited"] * 2 and unbounded[3] == "unlimited"
+
+
+def test_helpers_still_starting_count_against_the_cap(
+    cluster: None, alice: UnixAccount, bob: UnixAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = HelperRunner(max_helpers=1)
+    caplog.set_level(logging.INFO, logger="hpcgate.runners.local_helper")
+
+    async def scenario() -> list[str]:
+        try:
+            done = await asyncio.gather(  # both need a helper of their own at once
+                runner.run(alice, ["id", "-un"], limits=LIMITS),
+                runner.run(bob, ["id", "-un"], limits=LIMITS),
+            )
+            return [each.stdout for each in done]
+        finally:
+            await runner.close()
+
+    outputs = asyncio.run(scenario())
+    assert outputs == ["alice\n", "bob\n"], "the one over the cap ran the local way"
+    started = [r for r in caplog.records if r.getMessage().startswith("started the helper")]
+    assert len(started) == 1, "one helper, never two"

@@ -274,8 +274,12 @@ class HelperRunner(LocalRunner):
                 helper.kill_now()
         starting = self._starting.get(key)
         if starting is None:
-            if len(self._helpers) >= self.max_helpers and not await self._evict_one():
-                return None
+            # helpers still starting count too; checked again after each eviction's wait
+            while len(self._helpers) + len(self._starting) >= self.max_helpers:
+                if not await self._evict_one():
+                    return None
+            starting = self._starting.get(key)  # started by another action meanwhile?
+        if starting is None:
             starting = asyncio.ensure_future(self._start(account, inherited))
             self._starting[key] = starting
             starting.add_done_callback(lambda _: self._starting.pop(key, None))

@@ -128,11 +128,9 @@ class RedisStore(StatusStore):
                 await together.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
-        if self.check_interval > 0:  # this process sees its own write at once
-            now = time.monotonic()
-            self._checked[f"{self.prefix}stamp:{machine}"] = (now, _stamp(snapshot))
-            if isinstance(snapshot, Survey):
-                self._checked[listed] = (now, _stamp(snapshot))
+        self._seen(f"{self.prefix}stamp:{machine}", _stamp(snapshot))  # its own write: at once
+        if isinstance(snapshot, Survey):
+            self._seen(listed, _stamp(snapshot))
 
     async def get_many(self, machines: Iterable[str]) -> dict[str, Snapshot | None]:
         names = list(machines)
@@ -169,7 +167,14 @@ class RedisStore(StatusStore):
         snapshot = Snapshot.from_json(raw)
         # keyed by the stamp of what was read, which may be newer than the stamp just seen
         self._parsed[machine] = (_stamp(snapshot), snapshot)
+        self._seen(f"{self.prefix}stamp:{machine}", _stamp(snapshot))
         return snapshot
+
+    def _seen(self, key: str, stamp: bytes) -> None:
+        """Trust ``stamp`` as the value of ``key`` from now on (read with its data, or
+        written here): the next reads need not ask again, nor fetch the data anew."""
+        if self.check_interval > 0:
+            self._checked[key] = (time.monotonic(), stamp)
 
     async def _stamps(self, keys: list[str]) -> list[bytes | None]:
         """The values of small stamp keys, each read from Redis at most once per
@@ -220,6 +225,7 @@ class RedisStore(StatusStore):
                 return None  # expired meanwhile
             own = OwnJobs(float(fresh), decode_jobs(raw) if raw is not None else ())
             self._own[key] = (fresh, own)
+            self._seen(f"{self.prefix}listed:{machine}", fresh)
             self._own.move_to_end(key)
             if len(self._own) > OWN_JOBS_KEPT:
                 self._own.popitem(last=False)  # the least recently read
