@@ -282,11 +282,17 @@ class HelperRunner(LocalRunner):
         if starting is None:
             starting = asyncio.ensure_future(self._start(account, inherited))
             self._starting[key] = starting
-            starting.add_done_callback(lambda _: self._starting.pop(key, None))
+            starting.add_done_callback(lambda done: self._started(key, done))
         helper = await asyncio.shield(starting)
-        self._helpers[key] = helper
         self._schedule_reaping()
         return helper
+
+    def _started(self, key: _Key, starting: asyncio.Future[_Helper]) -> None:
+        """Move a helper from starting to running in one step, so that it always counts
+        against the cap."""
+        self._starting.pop(key, None)
+        if not starting.cancelled() and starting.exception() is None:
+            self._helpers[key] = starting.result()
 
     def _inherited_limit(self, memory_limit: int | None) -> int | None:
         """The address-space limit a helper for actions under ``memory_limit`` is started
