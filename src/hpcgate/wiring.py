@@ -19,7 +19,7 @@ from hpcgate import plugins
 from hpcgate.accounts import UnixAccount
 from hpcgate.auth.base import Authenticator
 from hpcgate.auth.login import LoginService
-from hpcgate.config import Config, ConfigError, MachineConfig
+from hpcgate.config import Config, ConfigError, LimitsConfig, MachineConfig
 from hpcgate.errors import GatewayError
 from hpcgate.gateway import Gateway
 from hpcgate.monitor import Monitor
@@ -94,6 +94,12 @@ def build_gateway(
     )
 
 
+def _bounded(limits: LimitsConfig, timeout: float, output_bytes: int) -> Limits:
+    """An action's limits: its own time and output, and the machine's process and memory
+    bounds, the same for every action (with local-helper, one helper per user serves all)."""
+    return Limits(timeout, output_bytes, limits.max_processes, limits.max_memory_bytes)
+
+
 def build_files(name: str, config: Config, machine: Machine) -> FileService:
     """The file service of machine ``name``, with its section's limits."""
     limits = config.machines[name].effective_limits(config.limits)
@@ -101,17 +107,8 @@ def build_files(name: str, config: Config, machine: Machine) -> FileService:
         name,
         machine.runner,
         FileLimits(
-            # the machine's process and memory bounds too: every action is bounded alike,
-            # and with local-helper one helper per user serves them all
-            command=Limits(
-                limits.timeout, limits.output_bytes, limits.max_processes, limits.max_memory_bytes
-            ),
-            transfer=Limits(
-                limits.transfer_timeout,
-                limits.scheduler_output_bytes,
-                limits.max_processes,
-                limits.max_memory_bytes,
-            ),
+            command=_bounded(limits, limits.timeout, limits.output_bytes),
+            transfer=_bounded(limits, limits.transfer_timeout, limits.scheduler_output_bytes),
             max_upload_bytes=limits.max_upload_bytes,
             page_size=limits.listing_page_size,
         ),
@@ -203,15 +200,8 @@ def build_machine(
         name,
         runner,
         scheduler,
-        command_limits=Limits(
-            limits.timeout, limits.output_bytes, limits.max_processes, limits.max_memory_bytes
-        ),
-        scheduler_limits=Limits(
-            limits.scheduler_timeout,
-            limits.scheduler_output_bytes,
-            limits.max_processes,
-            limits.max_memory_bytes,
-        ),
+        command_limits=_bounded(limits, limits.timeout, limits.output_bytes),
+        scheduler_limits=_bounded(limits, limits.scheduler_timeout, limits.scheduler_output_bytes),
         queue_cache=QueueCache(stores.status, name, config.status.queue_max_age),
         submits=submits,
         probe_command=section.probe_command,

@@ -54,6 +54,11 @@ async def job_seven_running(tmp_path: Path) -> tuple[ReplayRunner, Monitor, Even
     return runner, monitor, service
 
 
+async def alices_events(service: EventService) -> list[JobEvent]:
+    """Every event alice may read, oldest first."""
+    return await service.read(ALICE.uid, None, events.EventFilter(), 100)
+
+
 def kinds(found: list[JobEvent]) -> list[tuple[str, str]]:
     return [(event.jobid, event.kind) for event in found]
 
@@ -101,14 +106,12 @@ def test_a_job_that_left_before_accounting_showed_its_end_is_reported_at_a_late_
         runner.on("sacct", listing(record("7", "COMPLETED")))
         runner.on("sacct", listing(), times=1)  # ...before accounting had its end
         await monitor.run_once()
-        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        found = await alices_events(service)
         assert kinds(found) == [("7", "completed")]
         assert found[0].data["previous_state"] == "RUNNING"
         assert runner.programs().count("sacct") == 3, "the probe's read, then one late read"
         await monitor.run_once()  # the next probe finds it again: nothing is repeated
-        assert kinds(await service.read(ALICE.uid, None, events.EventFilter(), 100)) == [
-            ("7", "completed")
-        ]
+        assert kinds(await alices_events(service)) == [("7", "completed")]
         await service.close()
 
     asyncio.run(scenario())
@@ -124,10 +127,10 @@ def test_late_reads_give_up_and_leave_the_job_to_the_next_probes(
         runner.on("squeue", listing())
         await monitor.run_once()  # left; accounting has nothing in its read or two late ones
         assert runner.programs().count("sacct") == 4
-        assert await service.read(ALICE.uid, None, events.EventFilter(), 100) == []
+        assert await alices_events(service) == []
         runner.on("sacct", listing(record("7", "FAILED", exit_code="3:0")))
         await monitor.run_once()
-        [failed] = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        [failed] = await alices_events(service)
         assert (failed.kind, failed.data["exit_code"]) == ("failed", 3)
         await service.close()
 
@@ -171,7 +174,7 @@ def test_reported_states_are_read_whole_once_then_only_for_jobs_that_change(
         runner.on("squeue", listing(*(record(jobid, state) for jobid, state in states.items())))
         await monitor.run_once()
         assert asked == [["5", "7", "101"]] and whole == ["ln3"]
-        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        found = await alices_events(service)
         # only the gateway's own reports and job 5's change: 101 and 7 are not repeated
         assert kinds(found) == [("101", "pending"), ("7", "cancelled"), ("5", "suspended")]
         await service.close()
@@ -193,7 +196,7 @@ def test_a_kill_reported_while_accounting_is_read_again_is_not_reported_twice(
         await asyncio.sleep(0.1)  # the round now waits for its late read
         await service.cancelled("ln3", ALICE, "7", record("7"))
         await probing
-        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        found = await alices_events(service)
         assert kinds(found) == [("7", "cancelled")]
         await service.close()
 
@@ -221,7 +224,7 @@ def test_a_job_only_another_gateway_process_reported_is_found_by_a_whole_read(
         service.config = EventsConfig(accounting_wait=0)
         await monitor.run_once()  # it left the queue (never seen there)...
         await monitor.run_once()  # ...and accounting cannot say how it ended
-        found = await service.read(ALICE.uid, None, events.EventFilter(), 100)
+        found = await alices_events(service)
         assert kinds(found) == [("101", "pending"), ("101", "ended")]
         await gateway.close()
         await service.close()
@@ -268,7 +271,7 @@ def test_no_late_reads_when_accounting_did_not_answer(
         runner.on("sacct", CONTROLLER_DOWN)
         await monitor.run_once()
         assert runner.programs().count("sacct") == 2, "the baseline's read and this one's"
-        assert await service.read(ALICE.uid, None, events.EventFilter(), 100) == []
+        assert await alices_events(service) == []
         await service.close()
 
     asyncio.run(scenario())
