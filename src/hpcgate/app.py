@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,14 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import hpcgate
 from hpcgate import metrics, web
 from hpcgate.api.cached_reads import CachedReads
 from hpcgate.api.envelope import EncodedAnswers, failure
 from hpcgate.api.limits import BodyLimit
-from hpcgate.api.middleware import AuditLog, SecurityHeaders
-from hpcgate.api.observe import Observe
+from hpcgate.api.middleware import AuditLog, AuditTrail, SecurityHeaders, security_headers
+from hpcgate.api.observe import Observe, RequestMetrics
 from hpcgate.api.routes import auth, command, events, files, health, jobs, output, subscriptions
 from hpcgate.config import Config
 from hpcgate.errors import GatewayError
@@ -35,6 +36,21 @@ A NEWT-style HPC gateway. Every call answers
 Log in with `POST /api/auth`, then send the session cookie or `Authorization: Bearer <token>`.
 Everything runs on the machine as the logged-in user.
 """
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with one ASGI layer (``front``) in front of all it does per request: its
+    telemetry hook, its middleware stack and its router."""
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+    _entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._entry is None:
+            inner = super().__call__
+            self._entry = inner if self.front is None else self.front(inner)
+        scope["app"] = self  # as Starlette sets it: the request's app, for the front too
+        await self._entry(scope, receive, send)
 
 
 def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
@@ -60,7 +76,7 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
                 await gw.events.close()
             await gw.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         lifespan=lifespan,
         title="hpcgate",
         version=hpcgate.__version__,
@@ -72,15 +88,21 @@ def create_app(config: Config, gateway: Gateway | None = None) -> FastAPI:
     )
     app.state.gateway = gw
     app.state.answers = EncodedAnswers()
-    app.add_middleware(CachedReads)  # innermost: every middleware applies to its answers
+    trail, counted = AuditTrail(config.audit.file), RequestMetrics()
     app.add_middleware(  # refuses an oversized body before anything reads it
         BodyLimit,
         max_body_bytes=config.server.max_body_bytes,
         max_login_body_bytes=config.server.max_login_body_bytes,
     )
-    app.add_middleware(AuditLog, target=config.audit.file)
+    app.add_middleware(AuditLog, trail=trail)
     app.add_middleware(SecurityHeaders, hsts=config.auth.cookie_secure)
-    app.add_middleware(Observe)  # outermost: the request id is set before the audit log
+    app.add_middleware(Observe, counted=counted)  # the request id is set before the audit log
+
+    def front(stack: ASGIApp) -> ASGIApp:  # gives its answers what the stack gives others
+        hsts = config.auth.cookie_secure
+        return CachedReads(stack, headers=security_headers(hsts=hsts), trail=trail, counted=counted)
+
+    app.front = front
     for module in (auth, command, jobs, output, files, events, subscriptions):
         app.include_router(module.router, prefix="/api")
     app.include_router(health.router)

@@ -281,6 +281,17 @@ def test_a_declared_oversized_body_is_refused_before_it_is_read(gateway: Server)
         assert memory.growth < MEMORY_BOUND, f"{path}: peak memory grew {memory.growth} bytes"
 
 
+def test_a_read_declaring_an_oversized_body_is_refused_like_any_request(gateway: Server) -> None:
+    """The cached reads, answered in front of the middleware, leave a request with a body
+    to the body limits."""
+    with connect(gateway) as sock:
+        sock.sendall(
+            b"GET /api/job HTTP/1.1\r\nHost: gateway\r\nContent-Length: %d\r\n\r\n" % (300 * MiB)
+        )
+        error = envelope_error(read_answer(sock), 413)
+    assert str(BODY_LIMIT) in error and "GET /api/job" in error, error
+
+
 def test_chunked_bodies_are_counted_as_they_stream(gateway: Server) -> None:
     alice = gateway.login("alice")  # past the login, routes read what they are sent
     bearer = alice.headers["Authorization"]

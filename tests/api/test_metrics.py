@@ -290,6 +290,25 @@ def test_request_ids_are_echoed_and_logged(cluster: None, public_dir: Path, tmp_
         stop_server(running)
 
 
+def test_a_read_the_route_answers_is_audited_once_under_one_request_id(
+    cluster: None, public_dir: Path, tmp_path: Path
+) -> None:
+    """A read the cached reads hand on to the route (here: not logged in) keeps the id they
+    chose: the answer and the audit line name the same one."""
+    audit = tmp_path / "audit.jsonl"
+    config = f'[audit]\nfile = "{audit}"\n' + gateway_config(public_dir, "local", None)
+    running = start_server(config, tmp_path)
+    try:
+        answer = httpx.get(f"{running.url}/api/job/ln3")
+        assert answer.status_code == 401
+        entries = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert [e["request_id"] for e in entries if e["route"] == "/api/job/ln3"] == [
+            answer.headers["x-request-id"]
+        ]
+    finally:
+        stop_server(running)
+
+
 def test_an_idempotent_replay_is_counted(local_server: Server) -> None:
     before = scrape(local_server)
     with closing(local_server.login("alice")) as alice:

@@ -1,35 +1,45 @@
-"""The reads answered from snapshots, served without FastAPI's routing and dependencies.
+"""The reads answered from snapshots, served in front of FastAPI and its middleware.
 
 ``GET /api/job`` and a user's ``GET /api/job/<machine>`` are most of a gateway's traffic
 and, between two snapshots, the same bytes every time; an ended job's detail,
 ``GET /api/job/<machine>/<jobid>``, is the final record the monitors kept. Through
-FastAPI's router, request object and dependency solving they cost several times what
-serving the bytes costs (a profile: bench/README.md, "Where the time goes"). This
-middleware, the innermost one, so every other middleware (request id, metrics, security
-headers, audit) applies as for any route, answers them directly with the same helpers as
-the routes in :mod:`hpcgate.api.routes.jobs`, and hands every other request, and any
-read it cannot answer from what is kept (not logged in, unknown machine, a live listing,
-a job without a final record, a store error), to the application untouched: the route
-then answers it, errors included.
+FastAPI's router, request object, dependency solving and eight nested middleware layers
+they cost several times what serving the bytes costs (a profile: bench/README.md, "Where
+the time goes"). This layer, the outermost one, answers them directly with the same
+helpers as the routes in :mod:`hpcgate.api.routes.jobs`, and gives each answer what the
+middleware stack gives every other one, from the same objects: the request id
+(:func:`hpcgate.api.observe.begin_request`), the security headers
+(:func:`hpcgate.api.middleware.security_headers`), the audit line
+(:class:`hpcgate.api.middleware.AuditTrail`) and the request metrics
+(:class:`hpcgate.api.observe.RequestMetrics`). Every other request, and any read it cannot
+answer from what is kept (not logged in, unknown machine, a live listing, a job without a
+final record, a request with a body, a store error), goes to the application untouched,
+with the same request id: the route then answers it, errors included.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hpcgate.api.deps import caller
 from hpcgate.api.envelope import EncodedAnswers
+from hpcgate.api.middleware import AuditTrail, RawHeaders
+from hpcgate.api.observe import REQUEST_ID_HEADER, RequestMetrics, begin_request, request_id
 from hpcgate.api.routes import jobs
 from hpcgate.errors import GatewayError
 from hpcgate.gateway import Gateway
 from hpcgate.jobspec import parse_jobid
 
+log = logging.getLogger(__name__)
+
 PREFIX = "/api/job"
+Reply = tuple[int, RawHeaders, bytes]
 
 
 def _routes(endpoint: Any) -> dict[bool, APIRoute]:
@@ -46,11 +56,21 @@ def _routes(endpoint: Any) -> dict[bool, APIRoute]:
 
 
 class CachedReads:
-    """ASGI middleware answering the status and own-queue reads from the snapshots."""
+    """ASGI layer answering the status, own-queue and ended-job reads from what is kept."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        headers: RawHeaders,
+        trail: AuditTrail,
+        counted: RequestMetrics,
+    ) -> None:
         self.app = app
-        # Set on the scope as the router does, for what reads it (the request metrics).
+        self.headers = headers
+        self.trail = trail
+        self.counted = counted
+        # Set on the scope as the router does, for what reads it (metrics, audit line).
         self.status_routes = _routes(jobs.status)
         self.queue_routes = _routes(jobs.queue)
         self.job_routes = _routes(jobs.job)
@@ -60,35 +80,48 @@ class CachedReads:
         if scope.get("method") != "GET" or not path.startswith(PREFIX):
             await self.app(scope, receive, send)
             return
-        rest = path[len(PREFIX) :]
+        rid, token = begin_request(scope)
+        try:
+            started = time.monotonic()
+            reply = await self._reply(scope, receive, path[len(PREFIX) :])
+            if reply is None:
+                await self.app(scope, receive, send)
+                return
+            status, headers, body = reply
+            headers += self.headers
+            headers.append((REQUEST_ID_HEADER, rid.encode()))
+            if self.trail.records(scope):  # before the client can see the answer
+                self.trail.write(scope, status, time.monotonic() - started)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.counted.record(scope, status, time.monotonic() - started)
+        finally:
+            request_id.reset(token)
+
+    async def _reply(self, scope: Scope, receive: Receive, rest: str) -> Reply | None:
+        """The answer from what is kept, or None for the application to answer."""
+        if_none_match, has_body = _read_headers(scope)
+        if has_body:
+            return None  # the body limits and the route decide what it means
         slash = rest.endswith("/")
         name = rest.strip("/")
         try:
             if rest in ("", "/"):
-                reply = await self._status(scope, receive, slash)
-            elif rest.startswith("/") and name and "/" not in name:
-                reply = await self._queue(scope, receive, name, slash)
-            elif rest.startswith("/") and name.count("/") == 1:
+                return await self._status(scope, receive, slash, if_none_match)
+            if rest.startswith("/") and name and "/" not in name:
+                return await self._queue(scope, receive, name, slash, if_none_match)
+            if rest.startswith("/") and name.count("/") == 1:
                 machine_name, jobid = name.split("/")
-                kept = await self._kept_job(scope, receive, machine_name, jobid, slash)
-                if kept is not None:
-                    await kept(scope, receive, send)
-                    return
-                reply = None
-            else:
-                reply = None
+                return await self._kept_job(scope, receive, machine_name, jobid, slash)
         except GatewayError:
-            reply = None  # the route answers it, in the envelope
-        if reply is None:
-            await self.app(scope, receive, send)
-            return
-        status, headers, body = reply
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            pass  # the route answers it, in the envelope
+        except Exception:
+            log.exception("a cached read failed; the route answers it")
+        return None
 
     async def _status(
-        self, scope: Scope, receive: Receive, slash: bool
-    ) -> tuple[int, jobs.RawHeaders, bytes] | None:
+        self, scope: Scope, receive: Receive, slash: bool, if_none_match: bytes | None
+    ) -> Reply:
         app = scope["app"]
         gw: Gateway = app.state.gateway
         if not gw.config.status.public:
@@ -96,13 +129,16 @@ class CachedReads:
         version, output = await gw.status.current()
         answers: EncodedAnswers = app.state.answers
         scope["route"] = self.status_routes[slash]
-        return jobs.cached_reply(
-            answers.encoded("status", version, output), _if_none_match(scope), []
-        )
+        return jobs.cached_reply(answers.encoded("status", version, output), if_none_match, [])
 
     async def _queue(
-        self, scope: Scope, receive: Receive, name: str, slash: bool
-    ) -> tuple[int, jobs.RawHeaders, bytes] | None:
+        self,
+        scope: Scope,
+        receive: Receive,
+        name: str,
+        slash: bool,
+        if_none_match: bytes | None,
+    ) -> Reply | None:
         app = scope["app"]
         gw: Gateway = app.state.gateway
         target = gw.machines.get(name)
@@ -115,11 +151,11 @@ class CachedReads:
         scope["route"] = self.queue_routes[slash]
         scope["path_params"] = {"name": name}
         answers: EncodedAnswers = app.state.answers
-        return jobs.queue_reply(answers, target.name, who, listing, _if_none_match(scope))
+        return jobs.queue_reply(answers, target.name, who, listing, if_none_match)
 
     async def _kept_job(
         self, scope: Scope, receive: Receive, name: str, jobid: str, slash: bool
-    ) -> Response | None:
+    ) -> Reply | None:
         app = scope["app"]
         gw: Gateway = app.state.gateway
         target = gw.machines.get(name)
@@ -131,11 +167,17 @@ class CachedReads:
             return None  # a job not ended, or not kept: the route asks the scheduler
         scope["route"] = self.job_routes[slash]
         scope["path_params"] = {"name": name, "jobid": jobid}
-        return jobs.job_reply(rows)
+        answer = jobs.job_reply(rows)
+        return answer.status_code, list(answer.raw_headers), bytes(answer.body)
 
 
-def _if_none_match(scope: Scope) -> bytes | None:
+def _read_headers(scope: Scope) -> tuple[bytes | None, bool]:
+    """The request's ``If-None-Match``, and whether it declares a body."""
+    if_none_match = None
+    has_body = False
     for key, value in scope["headers"]:
         if key == b"if-none-match":
-            return bytes(value)
-    return None
+            if_none_match = bytes(value)
+        elif key in (b"content-length", b"transfer-encoding"):
+            has_body = has_body or key == b"transfer-encoding" or value.strip() != b"0"
+    return if_none_match, has_body

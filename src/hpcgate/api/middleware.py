@@ -21,6 +21,16 @@ _HEADERS = [
 ]
 # The API answers JSON only; the docs page (Swagger UI) needs its scripts and styles.
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def security_headers(*, hsts: bool, api: bool = True) -> RawHeaders:
+    """The headers every answer gets; ``api`` adds the API's content security policy (the
+    docs page has its own)."""
+    headers = [*_HEADERS]
+    if hsts:
+        headers.append((b"strict-transport-security", b"max-age=31536000"))
+    return [*headers, _API_CSP] if api else headers
 
 
 class SecurityHeaders:
@@ -28,10 +38,8 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
-        self.extra = [*_HEADERS]
-        if hsts:
-            self.extra.append((b"strict-transport-security", b"max-age=31536000"))
-        self.extra_api = [*self.extra, _API_CSP]
+        self.extra = security_headers(hsts=hsts, api=False)
+        self.extra_api = security_headers(hsts=hsts)
         self.names = frozenset(name for name, _ in self.extra_api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,44 +67,27 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-class AuditLog:
-    """One JSON line per request that acts: who, from where, on what, and the outcome.
+class AuditTrail:
+    """The audit log: one JSON line per request that acts (who, from where, on what, the
+    outcome), to a file, to stdout (``-``) or nowhere (empty).
 
     Routes record the user, machine and job id in ``request.state``; no header, body,
     password or token is ever written.
     """
 
-    def __init__(self, app: ASGIApp, *, target: str) -> None:
-        self.app = app
+    def __init__(self, target: str) -> None:
         self.stream: IO[str] | None = None
         if target == "-":
             self.stream = sys.stdout
         elif target:
             self.stream = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.stream is None or scope["type"] != "http" or not _audited(scope):
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        written = False
+    def records(self, scope: Scope) -> bool:
+        """Whether a request of ``scope`` gets a line."""
+        return self.stream is not None and scope["type"] == "http" and _audited(scope)
 
-        async def record_then_send(message: Message) -> None:
-            nonlocal written
-            if message["type"] == "http.response.start" and not written:
-                # written before the client can see the answer: an action the client
-                # learned about is always in the log
-                self._write(scope, message["status"], time.monotonic() - started)
-                written = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_then_send)
-        finally:
-            if not written:  # no answer was started at all
-                self._write(scope, 500, time.monotonic() - started)
-
-    def _write(self, scope: Scope, status: int, seconds: float) -> None:
+    def write(self, scope: Scope, status: int, seconds: float) -> None:
+        """The line of a request answered ``status`` after ``seconds``."""
         state: dict[str, Any] = scope.get("state", {})
         params: dict[str, Any] = scope.get("path_params", {})
         client = scope.get("client")
@@ -111,13 +102,43 @@ class AuditLog:
             "status": status,
             "outcome": "ok" if status < 400 else "error",
             "seconds": round(seconds, 4),
-            "request_id": state.get("request_id"),  # set by hpcgate.api.observe.Observe
+            "request_id": state.get("request_id"),  # set by hpcgate.api.observe
         }
         assert self.stream is not None
         try:
             self.stream.write(json.dumps(entry) + "\n")
         except OSError:
             log.exception("cannot write the audit log")
+
+
+class AuditLog:
+    """ASGI middleware writing each request's line to ``trail`` before its answer starts."""
+
+    def __init__(self, app: ASGIApp, *, trail: AuditTrail) -> None:
+        self.app = app
+        self.trail = trail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.trail.records(scope):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        written = False
+
+        async def record_then_send(message: Message) -> None:
+            nonlocal written
+            if message["type"] == "http.response.start" and not written:
+                # written before the client can see the answer: an action the client
+                # learned about is always in the log
+                self.trail.write(scope, message["status"], time.monotonic() - started)
+                written = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_then_send)
+        finally:
+            if not written:  # no answer was started at all
+                self.trail.write(scope, 500, time.monotonic() - started)
 
 
 def _audited(scope: Scope) -> bool:
