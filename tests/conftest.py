@@ -177,7 +177,8 @@ def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | N
     """The test gateway: ln3 as deployed, plus machines with tight limits and renamed tools.
 
     With ``transport = "ssh"`` every machine reaches its login nodes over SSH (the two
-    sshd's of ``login_nodes``) instead of running locally: the same tests cover both.
+    sshd's of ``login_nodes``) instead of running locally: the same tests cover both;
+    ``"local-helper"`` runs them through one long-lived helper per user.
     """
     bin_dir = public_dir / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -188,7 +189,7 @@ def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | N
     slow = bin_dir / "slowbatch"  # sbatch that takes its time: for clients that hang up
     slow.write_text('#!/bin/sh\nsleep 2\nexec sbatch "$@"\n')
     slow.chmod(0o755)
-    runner = 'runner = "local"'
+    runner = f'runner = "{transport}"'
     if transport == "ssh":
         assert login_nodes is not None
         runner = f'runner = "ssh"\nssh = {login_nodes.ssh_section()}'
