@@ -440,7 +440,8 @@ class EventService(JobEventSink):
             return None
         try:
             done = await machine.runner.run(account, argv, limits=machine.scheduler_limits)
-            return machine.scheduler.parse_ended_jobs(done)
+            # thousands of rows when a large array ends: parsed off the serving event loop
+            return await asyncio.to_thread(machine.scheduler.parse_ended_jobs, done)
         except GatewayError as exc:
             log.warning("accounting of %s could not be read: %s", machine.name, exc.message)
             return None

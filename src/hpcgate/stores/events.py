@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from hpcgate.contract import data_taken
 from hpcgate.schedulers.base import JobRecord
 
@@ -117,8 +119,11 @@ class MachineEvents:
     """Accounting has been read up to this time (None: never; start from now)."""
 
 
-def record_to_dict(record: JobRecord) -> dict[str, Any]:
-    return asdict(record)
+def encode_records(rows: list[JobRecord]) -> str:
+    """An ended job's rows as JSON, as the event stores keep them. orjson encodes the
+    records (dataclasses) itself, ten times faster than ``json.dumps`` of ``asdict``: a
+    large array ending is a thousand of them in one probe."""
+    return orjson.dumps(rows).decode()
 
 
 class EventStore(ABC):

@@ -35,7 +35,7 @@ from hpcgate.stores.events import (
     Seen,
     Subscription,
     WebhookStore,
-    record_to_dict,
+    encode_records,
 )
 from hpcgate.stores.snapshot import record_from_dict
 
@@ -202,7 +202,7 @@ class RedisEventStore(EventStore, WebhookStore):
     async def put_finished(
         self, machine: str, jobid: str, rows: list[JobRecord], ttl: float
     ) -> None:
-        text = json.dumps([record_to_dict(row) for row in rows], separators=(",", ":"))
+        text = encode_records(rows)
         await self._command(
             "set", self._key("ev", "done", machine, jobid), text, px=int(ttl * 1000)
         )

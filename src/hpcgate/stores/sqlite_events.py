@@ -26,7 +26,7 @@ from hpcgate.stores.events import (
     Seen,
     Subscription,
     WebhookStore,
-    record_to_dict,
+    encode_records,
 )
 from hpcgate.stores.snapshot import record_from_dict
 from hpcgate.stores.sqlite_file import SqliteFile
@@ -213,7 +213,7 @@ class SqliteEventStore(EventStore, WebhookStore):
     async def put_finished(
         self, machine: str, jobid: str, rows: list[JobRecord], ttl: float
     ) -> None:
-        text = json.dumps([record_to_dict(row) for row in rows], separators=(",", ":"))
+        text = encode_records(rows)
         await self.file.run(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO finished_jobs (machine, jobid, rows, expires) "
