@@ -134,6 +134,12 @@ def test_an_unsupported_body_type_is_400(alice: httpx.Client) -> None:
     assert "application/json" in error_of(answer, 400)
 
 
+@pytest.mark.parametrize("path", ["/job//ln3", "/job/ln3//", "/job//ln3/", "/job/ln3/1//"])
+def test_an_empty_path_segment_is_no_route(alice: httpx.Client, path: str) -> None:
+    """The reads answered from snapshots know exactly the routes' paths."""
+    assert "no such route" in error_of(alice.get(path), 404)
+
+
 def test_unknown_routes_and_methods_answer_in_the_envelope(anonymous: httpx.Client) -> None:
     assert "no such route" in error_of(anonymous.get("/nothing/here"), 404)
     not_allowed = anonymous.put("/job/ln3")

@@ -104,15 +104,17 @@ class CachedReads:
         if has_body:
             return None  # the body limits and the route decide what it means
         slash = rest.endswith("/")
-        name = rest.strip("/")
+        body = rest[:-1] if slash else rest
+        # the routes' own paths: /api/job, /api/job/<m>, /api/job/<m>/<id>, each with or
+        # without one trailing slash (an empty segment is no route: the router's 404)
+        parts = body.split("/")[1:] if body.startswith("/") else []
         try:
-            if rest in ("", "/"):
+            if body == "":
                 return await self._status(scope, receive, slash, if_none_match)
-            if rest.startswith("/") and name and "/" not in name:
-                return await self._queue(scope, receive, name, slash, if_none_match)
-            if rest.startswith("/") and name.count("/") == 1:
-                machine_name, jobid = name.split("/")
-                return await self._kept_job(scope, receive, machine_name, jobid, slash)
+            if len(parts) == 1 and parts[0]:
+                return await self._queue(scope, receive, parts[0], slash, if_none_match)
+            if len(parts) == 2 and all(parts):
+                return await self._kept_job(scope, receive, parts[0], parts[1], slash)
         except GatewayError:
             pass  # the route answers it, in the envelope
         except Exception:
@@ -176,7 +178,7 @@ def _read_headers(scope: Scope) -> tuple[bytes | None, bool]:
     if_none_match = None
     has_body = False
     for key, value in scope["headers"]:
-        if key == b"if-none-match":
+        if key == b"if-none-match" and if_none_match is None:  # the first, as Starlette's
             if_none_match = bytes(value)
         elif key in (b"content-length", b"transfer-encoding"):
             has_body = has_body or key == b"transfer-encoding" or value.strip() != b"0"

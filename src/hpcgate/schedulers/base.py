@@ -104,7 +104,9 @@ class Scheduler(ABC):
     """Build and parse methods for one batch scheduler family.
 
     Registered under the ``hpcgate.schedulers`` entry-point group (see
-    :mod:`hpcgate.plugins`) and named by ``machines.NAME.scheduler``.
+    :mod:`hpcgate.plugins`) and named by ``machines.NAME.scheduler``. The ``parse_*``
+    methods may run in a worker thread (a whole cluster's queue is parsed off the event
+    loop), so they keep no state between calls.
     """
 
     @classmethod

@@ -123,7 +123,10 @@ def encode_records(rows: list[JobRecord]) -> str:
     """An ended job's rows as JSON, as the event stores keep them. orjson encodes the
     records (dataclasses) itself, ten times faster than ``json.dumps`` of ``asdict``: a
     large array ending is a thousand of them in one probe."""
-    return orjson.dumps(rows).decode()
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError:  # a count past 64 bits, which only json can write
+        return json.dumps([asdict(row) for row in rows], separators=(",", ":"))
 
 
 class EventStore(ABC):
