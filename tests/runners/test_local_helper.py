@@ -17,6 +17,7 @@ from hpcgate.accounts import UnixAccount
 from hpcgate.process import Limits
 from hpcgate.runners.local_helper import HelperRunner
 from tests.conftest import wait_for
+from tests.runners.leftovers import alices, assert_nothing_left, open_descriptors, unique_sleep
 
 # The local runner's own tests, run again here against this transport (the `runner`
 # fixture below replaces theirs): identity, limits, containment and refusals.
@@ -195,6 +196,37 @@ def test_the_number_of_helpers_is_capped(
     assert output == "bob\n"
     assert list(helpers) == [bob.uid], "alice's idle helper made way for bob's"
     assert wait_for(lambda: _gone(alices_helper), timeout=10, what="the evicted helper to exit")
+
+
+def test_an_action_stopped_before_its_output_is_read_leaves_nothing_running(
+    runner: HelperRunner, alice: UnixAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client gone between the program's start and the reading of its output (the
+    helper answered; the pipes are being set up): the action is killed all the same."""
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reached = asyncio.Event()
+
+        async def held(*args: object, **kwargs: object) -> None:
+            reached.set()
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(loop, "connect_read_pipe", held)
+        action = asyncio.create_task(
+            runner.run_command_line(alice, f"{sleep} &\n{sleep}", limits=LIMITS)
+        )
+        await reached.wait()
+        while len(alices(sleep)) < 2:  # the program runs
+            await asyncio.sleep(0.05)
+        action.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await action
+
+    asyncio.run(scenario())
+    assert_nothing_left(sleep, baseline)
 
 
 def test_a_dead_helper_is_replaced(runner: HelperRunner, alice: UnixAccount) -> None:

@@ -215,6 +215,9 @@ class LocalRunner(Runner):
             if isinstance(exc, PermissionError):
                 raise Forbidden(f"{account.name} may not run {argv[0]}: {exc.strerror}") from None
             raise BadRequest(f"cannot start {argv[0]} as {account.name}: {exc.strerror}") from None
+        except BaseException:  # stopped while starting: whatever started must not outlive it
+            await asyncio.shield(scope.kill())
+            raise
         scope.leader = transport.get_pid()
         metrics.PROCESSES_SPAWNED.inc()
         return protocol, transport, scope, program

@@ -481,12 +481,24 @@ class HelperRunner(LocalRunner):
         stdout = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
         stderr = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
         transports: list[asyncio.BaseTransport] = []
-        for fd, reader in ((stdout_read, stdout), (stderr_read, stderr)):
-            transport, _ = await loop.connect_read_pipe(
-                lambda reader=reader: asyncio.StreamReaderProtocol(reader),  # type: ignore[misc]
-                os.fdopen(fd, "rb", buffering=0),
-            )
-            transports.append(transport)
+        files = [os.fdopen(fd, "rb", buffering=0) for fd in (stdout_read, stderr_read)]
+        try:
+            for file, reader in zip(files, (stdout, stderr), strict=True):
+                transport, _ = await loop.connect_read_pipe(
+                    lambda reader=reader: asyncio.StreamReaderProtocol(reader),  # type: ignore[misc]
+                    file,
+                )
+                transports.append(transport)
+        except BaseException:
+            # Stopped (its client gone) before pump() owns the action: the program is
+            # running already, and must not outlive the request.
+            for opened in transports:
+                opened.close()
+            for file in files:
+                file.close()
+            os.close(stdin_write)
+            await asyncio.shield(scope.kill())
+            raise
         stdin_open = [True]
 
         def close_stdin() -> None:
