@@ -156,7 +156,7 @@ def start_server(config_text: str, workdir: Path, *, env: dict[str, str] | None 
         except httpx.TransportError:
             return False
 
-    wait_for(answering, timeout=30, what="the gateway to answer")
+    wait_for(answering, timeout=30, interval=0.05, what="the gateway to answer")
     return server
 
 
@@ -203,6 +203,7 @@ scheduler_timeout = 30
 
 [monitor]
 account = "hpcmon"
+interval = 2              # tests wait for snapshots: sooner than production's 5 s
 
 [machines.ln3]
 description = "as deployed"

@@ -36,9 +36,9 @@ from hpcgate.services.status import StatusService
 from hpcgate.services.submits import IdempotentSubmits
 from hpcgate.services.webhooks import Webhooks
 from hpcgate.stores.base import Stores
+from hpcgate.stores.events import EventStore
 from hpcgate.stores.memory import memory_stores
 from hpcgate.stores.output_paths import SqliteOutputPaths
-from hpcgate.stores.redis_events import RedisEventStore
 from hpcgate.stores.sqlite_events import SqliteEventStore
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,10 @@ def build_files(name: str, config: Config, machine: Machine) -> FileService:
 def build_events(config: Config, machines: list[str]) -> EventService:
     """Job events and webhooks, kept beside the store's other records: in Redis with the
     Redis store, else in the embedded store's SQLite file."""
-    store: SqliteEventStore | RedisEventStore
+    store: EventStore
     if config.store.backend == "redis":
+        from hpcgate.stores.redis_events import RedisEventStore  # redis only when used
+
         store = RedisEventStore(
             config.store.redis_url,
             prefix=config.store.prefix,
