@@ -1,6 +1,6 @@
 """Soak: a bounded mixed load at a fixed rate; errors, memory and open files over time.
 
-    .venv/bin/python -m bench.soak [--seconds 180] [--rate 20]
+    .venv/bin/python -m bench.soak [--seconds 180] [--rate 20] [--runner local-helper]
 
 Needs root and the cluster of scripts/cluster. Starts one gateway (production settings,
 audit log on) and sends, at a fixed rate (an open loop: a slow answer does not slow the
@@ -122,10 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--rate", type=float, default=20, help="requests per second")
+    parser.add_argument("--runner", default="local", help="the machine's transport")
     args = parser.parse_args()
     ensure_cluster()
     audit = Path("/tmp/hpcgate-soak-audit.log")
     config = f'[audit]\nfile = "{audit}"\n[monitor]\naccount = "hpcmon"\n[machines.ln3]\n'
+    config += f'runner = "{args.runner}"\n'
     with Gateway(config) as gateway:
         sent, errors, latency, samples = asyncio.run(soak(gateway, args.seconds, args.rate))
     subprocess.run(["scancel", "--user=alice"], check=False)
@@ -133,7 +135,7 @@ def main() -> None:
 
     total = sum(sent.values())
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    print(f"# soak, {when}: {args.rate:g} req/s for {args.seconds:g} s\n")
+    print(f"# soak, {when}: {args.rate:g} req/s for {args.seconds:g} s, {args.runner}\n")
     print("| kind   | sent | errors |")
     print("|--------|-----:|-------:|")
     for kind, _ in MIX:
