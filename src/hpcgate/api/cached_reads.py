@@ -104,12 +104,12 @@ class CachedReads:
         if has_body:
             return None  # the body limits and the route decide what it means
         slash = rest.endswith("/")
-        body = rest[:-1] if slash else rest
+        trimmed = rest[:-1] if slash else rest
         # the routes' own paths: /api/job, /api/job/<m>, /api/job/<m>/<id>, each with or
         # without one trailing slash (an empty segment is no route: the router's 404)
-        parts = body.split("/")[1:] if body.startswith("/") else []
+        parts = trimmed.split("/")[1:] if trimmed.startswith("/") else []
         try:
-            if body == "":
+            if trimmed == "":
                 return await self._status(scope, receive, slash, if_none_match)
             if len(parts) == 1 and parts[0]:
                 return await self._queue(scope, receive, parts[0], slash, if_none_match)
