@@ -20,7 +20,6 @@ with the same request id: the route then answers it, errors included.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from fastapi.routing import APIRoute
@@ -30,7 +29,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hpcgate.api.deps import caller
 from hpcgate.api.envelope import EncodedAnswers
 from hpcgate.api.middleware import AuditTrail, RawHeaders
-from hpcgate.api.observe import REQUEST_ID_HEADER, RequestMetrics, begin_request, request_id
+from hpcgate.api.observe import (
+    REQUEST_ID_HEADER,
+    RequestMetrics,
+    begin_request,
+    request_id,
+    request_seconds,
+)
 from hpcgate.api.routes import jobs
 from hpcgate.errors import GatewayError
 from hpcgate.gateway import Gateway
@@ -82,7 +87,6 @@ class CachedReads:
             return
         rid, token = begin_request(scope)
         try:
-            started = time.monotonic()
             reply = await self._reply(scope, receive, path[len(PREFIX) :])
             if reply is None:
                 await self.app(scope, receive, send)
@@ -91,10 +95,10 @@ class CachedReads:
             headers += self.headers
             headers.append((REQUEST_ID_HEADER, rid.encode()))
             if self.trail.records(scope):  # before the client can see the answer
-                self.trail.write(scope, status, time.monotonic() - started)
+                self.trail.write(scope, status, request_seconds(scope))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            self.counted.record(scope, status, time.monotonic() - started)
+            self.counted.record(scope, status, request_seconds(scope))
         finally:
             request_id.reset(token)
 

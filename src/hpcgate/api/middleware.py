@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hpcgate.api.observe import request_seconds
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,6 @@ class AuditLog:
         if not self.trail.records(scope):
             await self.app(scope, receive, send)
             return
-        started = time.monotonic()
         written = False
 
         async def record_then_send(message: Message) -> None:
@@ -130,7 +130,7 @@ class AuditLog:
             if message["type"] == "http.response.start" and not written:
                 # written before the client can see the answer: an action the client
                 # learned about is always in the log
-                self.trail.write(scope, message["status"], time.monotonic() - started)
+                self.trail.write(scope, message["status"], request_seconds(scope))
                 written = True
             await send(message)
 
@@ -138,7 +138,7 @@ class AuditLog:
             await self.app(scope, receive, record_then_send)
         finally:
             if not written:  # no answer was started at all
-                self.trail.write(scope, 500, time.monotonic() - started)
+                self.trail.write(scope, 500, request_seconds(scope))
 
 
 def _audited(scope: Scope) -> bool:

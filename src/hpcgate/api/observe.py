@@ -75,9 +75,11 @@ def _template(route: object, path: str) -> str:
 
 
 def begin_request(scope: Scope) -> tuple[str, Token[str | None]]:
-    """The request's id, chosen once (kept in ``scope["state"]``) and set for the log lines
-    written while it is served; reset the returned token when it is answered."""
+    """The request's id, chosen once (kept in ``scope["state"]``, with when it began: see
+    :func:`request_seconds`) and set for the log lines written while it is served; reset
+    the returned token when it is answered."""
     state = scope.setdefault("state", {})
+    state.setdefault("started", time.monotonic())
     rid: str | None = state.get("request_id")
     if rid is None:
         offered = next(
@@ -86,6 +88,13 @@ def begin_request(scope: Scope) -> tuple[str, Token[str | None]]:
         rid = choose_request_id(offered.decode("latin-1") if offered is not None else None)
         state["request_id"] = rid
     return rid, request_id.set(rid)
+
+
+def request_seconds(scope: Scope) -> float:
+    """How long the request has taken, from the first layer that saw it (a cached read
+    handed on to the routes counts its attempt too)."""
+    started: float = scope.get("state", {}).get("started", time.monotonic())
+    return time.monotonic() - started
 
 
 class RequestMetrics:
@@ -127,7 +136,6 @@ class Observe:
             await self.app(scope, receive, send)
             return
         rid, token = begin_request(scope)
-        started = time.monotonic()
         status = 500  # if no answer is started at all
 
         async def tagged(message: Message) -> None:
@@ -143,7 +151,7 @@ class Observe:
         try:
             await self.app(scope, receive, tagged)
         finally:
-            self.counted.record(scope, status, time.monotonic() - started)
+            self.counted.record(scope, status, request_seconds(scope))
             request_id.reset(token)
 
 
