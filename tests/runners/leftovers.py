@@ -43,3 +43,25 @@ def assert_nothing_left(pattern: str, descriptors: int) -> None:
         timeout=10,
         what=f"the gateway to keep no descriptor of the action ({descriptors} before it)",
     )
+
+
+SUBMIT_AND_WAIT_UNTIL_IT_RUNS = (
+    'id=$(sbatch --parsable --job-name=outlives-its-submit -o /dev/null --wrap "sleep 300")'
+    ' || exit 1; until [ "$(squeue -h -j "$id" -o %T)" = RUNNING ]; do sleep 0.1; done; echo "$id"'
+)
+"""A command line that submits a job and ends once the job runs (printing its id): the
+job carries the action's environment, its marker included (sbatch hands it on)."""
+
+
+def assert_the_job_still_runs(jobid: str) -> None:
+    """The job is the scheduler's, not the action's: ending the action must spare it."""
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            state = subprocess.run(
+                ["squeue", "-h", "-j", jobid, "-o", "%T"], capture_output=True, text=True
+            ).stdout.strip()
+            assert state == "RUNNING", f"job {jobid} is {state or 'gone'}: the action's end hit it"
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["scancel", jobid], check=False)

@@ -20,8 +20,10 @@ from hpcgate.runners.local import LocalRunner
 from tests.conftest import wait_for
 from tests.runners.leftovers import (
     ESCAPES,
+    SUBMIT_AND_WAIT_UNTIL_IT_RUNS,
     alices,
     assert_nothing_left,
+    assert_the_job_still_runs,
     open_descriptors,
     unique_sleep,
 )
@@ -237,6 +239,20 @@ def test_without_cgroups_leftovers_are_still_killed(alice: UnixAccount) -> None:
     except BadRequest as refused:  # RLIMIT_NPROC counts all of alice's processes on the host
         assert "too many processes" in refused.message
     assert_nothing_left(sleep, baseline)
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroups", "no cgroups"])
+def test_a_job_the_action_submitted_outlives_the_action(alice: UnixAccount, cgroups: bool) -> None:
+    """sbatch hands the action's environment, its marker included, to the job: the kill
+    at the action's end must still tell the job's processes from the action's."""
+    containment = (
+        Containment.discover() if cgroups else Containment(prlimit=shutil.which("prlimit"))
+    )
+    runner = LocalRunner(containment=containment)
+    line = SUBMIT_AND_WAIT_UNTIL_IT_RUNS
+    done = run(runner.run_command_line(alice, line, limits=Limits(60, 4096)))
+    assert done.returncode == 0, done.stderr
+    assert_the_job_still_runs(done.stdout.strip())
 
 
 def test_what_a_gone_gateway_left_is_ended_and_then_reported_ended(cluster: None) -> None:

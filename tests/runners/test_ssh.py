@@ -24,8 +24,10 @@ from tests.conftest import free_port, wait_for
 from tests.login_nodes import LoginNodes
 from tests.runners.leftovers import (
     ESCAPES,
+    SUBMIT_AND_WAIT_UNTIL_IT_RUNS,
     alices,
     assert_nothing_left,
+    assert_the_job_still_runs,
     open_descriptors,
     unique_sleep,
 )
@@ -323,6 +325,22 @@ def test_a_timed_out_or_abandoned_remote_command_leaves_nothing_running(
         await runner.close()
 
     run(body())
+
+
+def test_a_job_the_remote_action_submitted_outlives_the_action(
+    nodes: LoginNodes, alice: UnixAccount
+) -> None:
+    """This login node also runs jobs: the job carries the action's marker (sbatch hands
+    the environment on), and the kill at the action's end must spare it."""
+    runner = make_runner(nodes)
+
+    async def body() -> str:
+        done = await runner.run_command_line(alice, SUBMIT_AND_WAIT_UNTIL_IT_RUNS, limits=LIMITS)
+        assert done.returncode == 0, done.stderr
+        await runner.close()
+        return done.stdout.strip()
+
+    assert_the_job_still_runs(run(body()))
 
 
 def test_a_remote_action_may_not_start_hundreds_of_processes(

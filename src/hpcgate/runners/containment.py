@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 ACTION_MARKER = "HPCGATE_ACTION"
 """The environment variable that names an action (the fallback finds its processes by it)."""
 
+JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID")
+"""What Slurm, PBS, LSF and Flux set in every process of a batch job. A job carries the
+environment of the action that submitted it, marker included (sbatch hands it on), so a
+marked process that also carries one of these is the scheduler's, started for a job, and
+is spared: a job must never die because the submit that created it ended (on a login
+node that also runs jobs). Setting one is no new escape: clearing the marker is one."""
+
 _PARENT = "hpcgate.actions"
 _ENTER = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 _KILL_ROUNDS = 200
@@ -125,6 +132,13 @@ def _end_orphans(parent: Path, only: int | None = None) -> set[int]:
         with contextlib.suppress(OSError):  # empty once its processes are reaped
             cgroup.rmdir()
     return found
+
+
+_JOB_PREFIXES = tuple(f"{name}=".encode() for name in JOB_VARIABLES)
+
+
+def _in_a_job(variables: list[bytes]) -> bool:
+    return any(variable.startswith(_JOB_PREFIXES) for variable in variables)
 
 
 def _enable_pids(parent: Path) -> bool:
@@ -309,7 +323,8 @@ class ActionScope:
                 log.error("action cgroup %s not removed: %s", cgroup, exc.strerror)
 
     def _marked(self) -> set[int]:
-        """The processes of the action's session or group, or carrying its marker."""
+        """The processes of the action's session or group, or carrying its marker (but
+        for a batch job's: see JOB_VARIABLES)."""
         wanted = f"{ACTION_MARKER}={self.marker}".encode()
         found: set[int] = set()
         for entry in os.scandir("/proc"):
@@ -324,8 +339,9 @@ class ActionScope:
                     found.add(pid)
                     continue
                 with open(f"/proc/{pid}/environ", "rb") as environ:
-                    if wanted in environ.read().split(b"\0"):
-                        found.add(pid)
+                    variables = environ.read().split(b"\0")
+                if wanted in variables and not _in_a_job(variables):
+                    found.add(pid)
             except OSError:
                 continue  # gone, or not ours to read
         found.discard(os.getpid())

@@ -5,7 +5,7 @@ are quoted with :func:`shlex.join`. Every command first exports a random action 
 and prints its shell's PID on stderr (sshd makes that shell the leader of a new session
 and process group). When the action ends, however it ends, a second channel kills, on
 the login node, its process group, its session and every process of the user whose
-environment carries the marker; then the channel is closed, so the gateway keeps nothing
+environment carries the marker (but a batch job's: the job inherits it from sbatch); then the channel is closed, so the gateway keeps nothing
 of the action. A user cannot be put in a cgroup over SSH: a process that both leaves the
 session and clears its environment escapes (docs/security.md, "Limits").
 """
@@ -32,7 +32,7 @@ from hpcgate.errors import Forbidden, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.base import Runner
-from hpcgate.runners.containment import ACTION_MARKER
+from hpcgate.runners.containment import ACTION_MARKER, JOB_VARIABLES
 from hpcgate.runners.pump import pump
 from hpcgate.runners.ssh.authority import CertificateAuthority
 from hpcgate.runners.ssh.files import sftp_read, sftp_write
@@ -46,12 +46,15 @@ _KILL_TIMEOUT = 10.0
 
 
 def _kill_script(leader: str | None, marker: str) -> str:
-    """What kills, on the login node, everything an action started."""
+    """What kills, on the login node, everything an action started (but a batch job it
+    submitted, which carries its marker too: see JOB_VARIABLES)."""
     group = f"kill -KILL -- -{leader}; pkill -KILL -s {leader}; " if leader else ""
+    in_a_job = "|".join(JOB_VARIABLES)
     # several rounds: a process may be forking while the first one runs
     return (
         f"{group}for round in 1 2 3; do "
-        f"pids=$(grep -lsxzF {ACTION_MARKER}={marker} /proc/[0-9]*/environ | cut -d/ -f3); "
+        f"pids=$(grep -lsxzF {ACTION_MARKER}={marker} /proc/[0-9]*/environ"
+        f" | xargs -r grep -LszE '^({in_a_job})=' | cut -d/ -f3); "
         '[ -n "$pids" ] || break; kill -KILL $pids; done'
     )
 
