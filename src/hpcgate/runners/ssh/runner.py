@@ -5,9 +5,10 @@ are quoted with :func:`shlex.join`. Every command first exports a random action 
 and prints its shell's PID on stderr (sshd makes that shell the leader of a new session
 and process group). When the action ends, however it ends, a second channel kills, on
 the login node, its process group, its session and every process of the user whose
-environment carries the marker (but a batch job's: the job inherits it from sbatch); then the channel is closed, so the gateway keeps nothing
-of the action. A user cannot be put in a cgroup over SSH: a process that both leaves the
-session and clears its environment escapes (docs/security.md, "Limits").
+environment carries the marker (but a batch job's: the job inherits it from sbatch);
+then the channel is closed, so the gateway keeps nothing of the action. A user cannot be
+put in a cgroup over SSH: a process that both leaves the session and clears its
+environment escapes (docs/security.md, "Limits").
 """
 
 from __future__ import annotations
