@@ -7,6 +7,7 @@ holds or a deadline passes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -65,15 +66,26 @@ def wait_for(
         time.sleep(interval)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every test user's job is cancelled once the whole run is over: by the one process
+    that runs the tests, or by pytest-xdist's controller after all its workers."""
+    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
+        return  # a worker: the other workers' tests may still have jobs of alice's
+    if shutil.which("scancel") is None:
+        return
+    for user in PASSWORDS:
+        subprocess.run(["scancel", f"--user={user}"], check=False, capture_output=True, timeout=60)
+
+
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[None]:
-    """The real Slurm cluster, up and idle; every test user's job is cancelled at the end."""
+def cluster() -> None:
+    """The real Slurm cluster, up and idle."""
     if os.geteuid() != 0:
         pytest.fail("the suite runs as root: it starts Slurm and acts as alice and bob")
-    subprocess.run([str(REPO / "scripts" / "cluster"), "up"], check=True)
-    yield
-    for user in PASSWORDS:
-        subprocess.run(["scancel", f"--user={user}"], check=False)
+    # pytest-xdist's workers each ask at once: one brings it up, the others find it up
+    with open(Path(tempfile.gettempdir()) / "hpcgate-cluster-up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([str(REPO / "scripts" / "cluster"), "up"], check=True)
 
 
 @pytest.fixture(scope="session")

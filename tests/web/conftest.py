@@ -1,6 +1,9 @@
 """A real browser (Debian's Chromium, driven by Playwright) against a real gateway.
 
-One browser for the whole session; each test opens its own context (its own cookies).
+One browser per test module; each test opens its own context (its own cookies). Not one
+per session: Playwright's synchronous API keeps its event loop running in this thread
+until it stops, and a later test of the same process (pytest-xdist sends the modules of
+the suite in any order) could then not start one of its own.
 Screenshots of every page go to a temporary directory (printed at the end of the run) and,
 when ``DASHBOARD_SCREENSHOTS`` names a directory, there too.
 """
@@ -27,7 +30,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[playwright_api.Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/bootstrap installs Debian's chromium")
