@@ -45,12 +45,18 @@ def assert_nothing_left(pattern: str, descriptors: int) -> None:
     )
 
 
-SUBMIT_AND_WAIT_UNTIL_IT_RUNS = (
-    'id=$(sbatch --parsable --job-name=outlives-its-submit -o /dev/null --wrap "sleep 300")'
-    ' || exit 1; until [ "$(squeue -h -j "$id" -o %T)" = RUNNING ]; do sleep 0.1; done; echo "$id"'
-)
-"""A command line that submits a job and ends once the job runs (printing its id): the
-job carries the action's environment, its marker included (sbatch hands it on)."""
+def submit_and_detach(sleep: str) -> str:
+    """A command line that submits a job and ends once the job's script runs (printing
+    the job's id), after detaching ``sleep`` from under ``salloc`` on this host. The job
+    and the sleep both carry the action's marker (sbatch and salloc hand the environment
+    on) and a SLURM_JOB_ID: the job is the scheduler's, the sleep is the action's."""
+    return (
+        "started=$(mktemp -u /tmp/hpcgate-job-started.XXXXXX); "
+        "id=$(sbatch --parsable --job-name=outlives-its-submit --time=2 -o /dev/null"
+        ' --wrap "touch $started; exec sleep 300") || exit 1; '
+        f"salloc --quiet --time=1 --job-name=detached setsid -f {sleep} || exit 1; "
+        'until [ -e "$started" ]; do sleep 0.05; done; rm -f "$started"; echo "$id"'
+    )
 
 
 def assert_the_job_still_runs(jobid: str) -> None:

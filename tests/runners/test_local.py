@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,16 +16,17 @@ import pytest
 from hpcgate.accounts import UnixAccount
 from hpcgate.errors import BadRequest, Forbidden, TimedOut
 from hpcgate.process import Limits
-from hpcgate.runners.containment import Containment
+from hpcgate.runners.containment import Containment, _in_a_job
 from hpcgate.runners.local import LocalRunner
+from hpcgate.runners.ssh.runner import _IN_A_JOB
 from tests.conftest import wait_for
 from tests.runners.leftovers import (
     ESCAPES,
-    SUBMIT_AND_WAIT_UNTIL_IT_RUNS,
     alices,
     assert_nothing_left,
     assert_the_job_still_runs,
     open_descriptors,
+    submit_and_detach,
     unique_sleep,
 )
 
@@ -243,18 +245,22 @@ def test_without_cgroups_leftovers_are_still_killed(alice: UnixAccount) -> None:
 
 @pytest.mark.parametrize("cgroups", [True, False], ids=["cgroups", "no cgroups"])
 def test_a_job_the_action_submitted_outlives_the_action(alice: UnixAccount, cgroups: bool) -> None:
-    """sbatch hands the action's environment, its marker included, to the job: the kill
-    at the action's end must still tell the job's processes from the action's."""
+    """sbatch hands the action's environment, its marker included, to the job: the kill at
+    the action's end must tell the job's processes from the action's, even from what the
+    action started under salloc (which carries a job's variables but runs here)."""
     containment = (
         Containment.discover() if cgroups else Containment(prlimit=shutil.which("prlimit"))
     )
     runner = LocalRunner(containment=containment)
-    line = SUBMIT_AND_WAIT_UNTIL_IT_RUNS
-    done = run(runner.run_command_line(alice, line, limits=Limits(60, 4096)))
+    sleep = unique_sleep()
+    baseline = open_descriptors()
+    done = run(runner.run_command_line(alice, submit_and_detach(sleep), limits=Limits(60, 4096)))
     assert done.returncode == 0, done.stderr
+    assert_nothing_left(sleep, baseline)
     assert_the_job_still_runs(done.stdout.strip())
 
 
+@pytest.mark.serial  # a gateway of another test, starting, would end these cgroups first
 def test_what_a_gone_gateway_left_is_ended_and_then_reported_ended(cluster: None) -> None:
     """A keyed submit's retry may take over early only once this says True: every action
     of the gone gateway process is killed and its cgroups are removed."""
@@ -289,3 +295,37 @@ def gone_elsewhere() -> int:
     ended = subprocess.Popen(["true"])
     ended.wait()
     return ended.pid
+
+
+def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir: Path) -> None:
+    """What the marker scans (here and on SSH login nodes) spare: a descendant of root's
+    slurmstepd; not of a user's process that merely has its name, nor of an odd name."""
+    programs = public_dir / f"daemons-{os.getpid()}"
+    programs.mkdir(mode=0o755)
+    for name in ("slurmstepd", "x) 1 (y"):
+        shutil.copy("/bin/sh", programs / name)
+    parent = {  # the daemon, as whom, and what it runs in between
+        "job": ([str(programs / "slurmstepd")], ["runuser", "-u", "alice", "--"]),
+        "posing": (["runuser", "-u", "alice", "--", str(programs / "slurmstepd")], []),
+        "odd name": (["runuser", "-u", "alice", "--", str(programs / "x) 1 (y")], []),
+    }
+    started = {}
+    for case, (daemon, between) in parent.items():
+        sleep = unique_sleep()
+        line = f"{shlex.join([*between, *sleep.split()])} & wait"
+        started[case] = (subprocess.Popen([*daemon, "-c", line]), sleep)
+    try:
+        pids = {
+            case: wait_for(lambda s=sleep: alices(s), what=case)[0]
+            for case, (_, sleep) in started.items()
+        }
+        in_shell = {
+            case: subprocess.run(["sh", "-c", f"{_IN_A_JOB}in_a_job {pid}"]).returncode == 0
+            for case, pid in pids.items()
+        }
+        in_python = {case: _in_a_job(int(pid)) for case, pid in pids.items()}
+        assert in_python == in_shell == {"job": True, "posing": False, "odd name": False}
+    finally:
+        for process, sleep in started.values():
+            subprocess.run(["pkill", "-KILL", "-f", sleep])
+            process.wait()

@@ -24,11 +24,11 @@ from tests.conftest import free_port, wait_for
 from tests.login_nodes import LoginNodes
 from tests.runners.leftovers import (
     ESCAPES,
-    SUBMIT_AND_WAIT_UNTIL_IT_RUNS,
     alices,
     assert_nothing_left,
     assert_the_job_still_runs,
     open_descriptors,
+    submit_and_detach,
     unique_sleep,
 )
 
@@ -331,12 +331,17 @@ def test_a_job_the_remote_action_submitted_outlives_the_action(
     nodes: LoginNodes, alice: UnixAccount
 ) -> None:
     """This login node also runs jobs: the job carries the action's marker (sbatch hands
-    the environment on), and the kill at the action's end must spare it."""
+    the environment on), and the kill at the action's end must spare it, but not what
+    the action started under salloc on the login node."""
     runner = make_runner(nodes)
+    sleep = unique_sleep()
 
     async def body() -> str:
-        done = await runner.run_command_line(alice, SUBMIT_AND_WAIT_UNTIL_IT_RUNS, limits=LIMITS)
+        baseline = await warm(runner, alice)
+        line = submit_and_detach(sleep)
+        done = await runner.run_command_line(alice, line, limits=Limits(60, 4096))
         assert done.returncode == 0, done.stderr
+        assert_nothing_left(sleep, baseline)
         await runner.close()
         return done.stdout.strip()
 

@@ -41,12 +41,14 @@ log = logging.getLogger(__name__)
 ACTION_MARKER = "HPCGATE_ACTION"
 """The environment variable that names an action (the fallback finds its processes by it)."""
 
-JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID")
-"""What Slurm, PBS, LSF and Flux set in every process of a batch job. A job carries the
-environment of the action that submitted it, marker included (sbatch hands it on), so a
-marked process that also carries one of these is the scheduler's, started for a job, and
-is spared: a job must never die because the submit that created it ended (on a login
-node that also runs jobs). Setting one is no new escape: clearing the marker is one."""
+JOB_DAEMONS = ("slurmstepd",)
+"""The root daemons that start batch jobs' processes (Slurm's step daemon). A job carries
+the environment of the action that submitted it, marker included (sbatch hands it on), so
+a marked process that descends from one of these is the scheduler's, started for a job,
+and is spared: a job must never die because the submit that created it ended (on a login
+node that also runs jobs). A user's process cannot pose as one: it would have to run as
+root. What a user starts under ``salloc`` on the login node is no job's: it is killed."""
+_MAX_DEPTH = 64  # ancestors looked at: a process tree is never this deep
 
 _PARENT = "hpcgate.actions"
 _ENTER = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -134,11 +136,22 @@ def _end_orphans(parent: Path, only: int | None = None) -> set[int]:
     return found
 
 
-_JOB_PREFIXES = tuple(f"{name}=".encode() for name in JOB_VARIABLES)
-
-
-def _in_a_job(variables: list[bytes]) -> bool:
-    return any(variable.startswith(_JOB_PREFIXES) for variable in variables)
+def _in_a_job(pid: int) -> bool:
+    """Whether process ``pid`` descends from a job daemon running as root (JOB_DAEMONS)."""
+    for _ in range(_MAX_DEPTH):
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                line = stat.read()
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return False
+        name, _, rest = line.partition(b" (")[2].rpartition(b") ")
+        if owner == 0 and name.decode(errors="replace") in JOB_DAEMONS:
+            return True
+        pid = int(rest.split()[1])
+    return False
 
 
 def _enable_pids(parent: Path) -> bool:
@@ -324,7 +337,7 @@ class ActionScope:
 
     def _marked(self) -> set[int]:
         """The processes of the action's session or group, or carrying its marker (but
-        for a batch job's: see JOB_VARIABLES)."""
+        for a batch job's: see JOB_DAEMONS)."""
         wanted = f"{ACTION_MARKER}={self.marker}".encode()
         found: set[int] = set()
         for entry in os.scandir("/proc"):
@@ -339,9 +352,8 @@ class ActionScope:
                     found.add(pid)
                     continue
                 with open(f"/proc/{pid}/environ", "rb") as environ:
-                    variables = environ.read().split(b"\0")
-                if wanted in variables and not _in_a_job(variables):
-                    found.add(pid)
+                    if wanted in environ.read().split(b"\0") and not _in_a_job(pid):
+                        found.add(pid)
             except OSError:
                 continue  # gone, or not ours to read
         found.discard(os.getpid())

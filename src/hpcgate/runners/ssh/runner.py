@@ -33,7 +33,7 @@ from hpcgate.errors import Forbidden, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.base import Runner
-from hpcgate.runners.containment import ACTION_MARKER, JOB_VARIABLES
+from hpcgate.runners.containment import ACTION_MARKER, JOB_DAEMONS
 from hpcgate.runners.pump import pump
 from hpcgate.runners.ssh.authority import CertificateAuthority
 from hpcgate.runners.ssh.files import sftp_read, sftp_write
@@ -46,18 +46,32 @@ _PGID_LINE = re.compile(rb"hpcgate-pgid:(\d+)\n")
 _KILL_TIMEOUT = 10.0
 
 
+_IN_A_JOB = (
+    # in_a_job PID: whether the process descends from a job daemon running as root
+    "in_a_job() { p=$1; d=0; "
+    'while [ "$p" -gt 1 ] && [ "$d" -lt 64 ]; do '
+    's=$(cat "/proc/$p/stat" 2>/dev/null) || return 1; '
+    "n=${s#* (}; n=${n%) *}; "
+    f"case $n in {'|'.join(JOB_DAEMONS)}) "
+    '[ "$(stat -c %u "/proc/$p" 2>/dev/null)" = 0 ] && return 0;; esac; '
+    "s=${s##*) }; set -- $s; p=$2; d=$((d + 1)); "
+    "done; return 1; }; "
+)
+
+
 def _kill_script(leader: str | None, marker: str) -> str:
     """What kills, on the login node, everything an action started (but a batch job it
-    submitted, which carries its marker too: see JOB_VARIABLES)."""
+    submitted, which carries its marker too: see JOB_DAEMONS). Run by ``sh`` whatever
+    the user's login shell (zsh, for one, would not split ``$pids``)."""
     group = f"kill -KILL -- -{leader}; pkill -KILL -s {leader}; " if leader else ""
-    in_a_job = "|".join(JOB_VARIABLES)
     # several rounds: a process may be forking while the first one runs
-    return (
-        f"{group}for round in 1 2 3; do "
-        f"pids=$(grep -lsxzF {ACTION_MARKER}={marker} /proc/[0-9]*/environ"
-        f" | xargs -r grep -LszE '^({in_a_job})=' | cut -d/ -f3); "
+    script = (
+        f"{group}{_IN_A_JOB}for round in 1 2 3; do pids=; "
+        f"for f in $(grep -lsxzF {ACTION_MARKER}={marker} /proc/[0-9]*/environ); do "
+        'pid=${f#/proc/}; pid=${pid%/environ}; in_a_job "$pid" || pids="$pids $pid"; done; '
         '[ -n "$pids" ] || break; kill -KILL $pids; done'
     )
+    return f"sh -c {shlex.quote(script)}"
 
 
 class _Action(asyncssh.SSHClientProcess[bytes]):
