@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 REDIS_URL = "redis://127.0.0.1:6379/0"  # the machine's own Redis
 T = TypeVar("T")
+_STARTED = pytest.StashKey[float]()
 
 
 # Fixtures that need this test machine: root and the Slurm cluster, Redis, the sshd's.
@@ -41,15 +42,19 @@ MACHINE_FIXTURES = frozenset({"cluster", "prefix", "private_redis", "login_nodes
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop a daemon run last, so the rest never see a sick cluster. A test
-    that uses the machine, directly or through another fixture, is marked ``cluster``:
-    ``pytest -m "not cluster"`` is the fast tier, which needs none of it."""
+    """Tests that stop a daemon are ``serial`` too, and serial tests run last, so the rest
+    never see a sick cluster (scripts/test runs them in a pass of their own, after the
+    others' parallel one). A test that uses the machine, directly or through another
+    fixture, is marked ``cluster``: ``pytest -m "not cluster"`` is the fast tier, which
+    needs none of it."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         backends = list(callspec.params.values()) if callspec is not None else []
         if MACHINE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or "redis" in backends:
             item.add_marker(pytest.mark.cluster)
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+        if item.get_closest_marker("disruptive") is not None:
+            item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)
 
 
 def wait_for(
@@ -66,26 +71,39 @@ def wait_for(
         time.sleep(interval)
 
 
+# Touched by the cluster fixture: the run then cancels the test users' jobs at its end.
+CLUSTER_USED = Path(tempfile.gettempdir()) / "hpcgate-tests-used-the-cluster"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STARTED] = time.time()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Every test user's job is cancelled once the whole run is over: by the one process
-    that runs the tests, or by pytest-xdist's controller after all its workers."""
-    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
-        return  # a worker: the other workers' tests may still have jobs of alice's
-    if shutil.which("scancel") is None:
+    """Every test user's job is cancelled once a run that used the cluster is over: by
+    the one process that ran the tests, or by pytest-xdist's controller after all its
+    workers (a worker's end is not the run's: the others may still have jobs running)."""
+    if hasattr(session.config, "workerinput"):
         return
-    for user in PASSWORDS:
-        subprocess.run(["scancel", f"--user={user}"], check=False, capture_output=True, timeout=60)
+    try:
+        used = CLUSTER_USED.stat().st_mtime >= session.config.stash[_STARTED] - 1
+    except (OSError, KeyError):
+        used = False
+    if used and shutil.which("scancel"):
+        for user in PASSWORDS:
+            subprocess.run(["scancel", f"--user={user}"], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> None:
-    """The real Slurm cluster, up and idle."""
+    """The real Slurm cluster, up and taking jobs."""
     if os.geteuid() != 0:
         pytest.fail("the suite runs as root: it starts Slurm and acts as alice and bob")
     # pytest-xdist's workers each ask at once: one brings it up, the others find it up
     with open(Path(tempfile.gettempdir()) / "hpcgate-cluster-up.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run([str(REPO / "scripts" / "cluster"), "up"], check=True)
+    CLUSTER_USED.touch()
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,11 @@ def test_two_gateways_on_redis_serve_the_same_events_and_deliver_each_once(
             timeout=60,
             what="the event on the other gateway",
         )
-        wait_for(lambda: receiver.received, timeout=30, what="the webhook")
+        wait_for(  # alice's jobs of other tests end too
+            lambda: [e for e in receiver.events() if e["data"]["jobid"] == jobid],
+            timeout=30,
+            what="the webhook",
+        )
         ended = [e for e in receiver.events() if e["data"]["jobid"] == jobid]
         assert len(ended) == 1, "delivered once though two processes deliver"
         log = ok_output(alice.get(f"/subscriptions/{created['id']}/deliveries"))
