@@ -4,8 +4,10 @@ One browser per test module; each test opens its own context (its own cookies). 
 per session: Playwright's synchronous API keeps its event loop running in this thread
 until it stops, and a later test of the same process (pytest-xdist sends the modules of
 the suite in any order) could then not start one of its own.
-Screenshots of every page go to a temporary directory (printed at the end of the run) and,
-when ``DASHBOARD_SCREENSHOTS`` names a directory, there too.
+
+Screenshots of every page go to a temporary directory (printed at the end of a run in one
+process: pytest-xdist does not show its workers' output) and, when
+``DASHBOARD_SCREENSHOTS`` names a directory, there too.
 """
 
 from __future__ import annotations
