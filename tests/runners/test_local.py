@@ -299,21 +299,37 @@ def gone_elsewhere() -> int:
 
 def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir: Path) -> None:
     """What the marker scans (here and on SSH login nodes) spare: a descendant of root's
-    slurmstepd; not of a user's process that merely has its name, nor of an odd name."""
+    slurmstepd; not of a user's process that merely has its name (undumpable too: its
+    /proc files are root's), nor of an odd name."""
     programs = public_dir / f"daemons-{os.getpid()}"
-    programs.mkdir(mode=0o755)
+    (programs / "python").mkdir(mode=0o755, parents=True)
+    programs.chmod(0o755)
     for name in ("slurmstepd", "x) 1 (y"):
         shutil.copy("/bin/sh", programs / name)
+    as_alice = ["runuser", "-u", "alice", "--"]
     parent = {  # the daemon, as whom, and what it runs in between
-        "job": ([str(programs / "slurmstepd")], ["runuser", "-u", "alice", "--"]),
-        "posing": (["runuser", "-u", "alice", "--", str(programs / "slurmstepd")], []),
-        "odd name": (["runuser", "-u", "alice", "--", str(programs / "x) 1 (y")], []),
+        "job": ([str(programs / "slurmstepd"), "-c"], as_alice),
+        "posing": ([*as_alice, str(programs / "slurmstepd"), "-c"], []),
+        "odd name": ([*as_alice, str(programs / "x) 1 (y"), "-c"], []),
     }
+    system_python = Path("/usr/bin/python3")  # not the venv's: alice may not read /root
+    if system_python.exists():
+        shutil.copy(system_python, programs / "python" / "slurmstepd")
+        undumpable = "import ctypes, subprocess, sys; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "
+        parent["posing, undumpable"] = (
+            [*as_alice, str(programs / "python" / "slurmstepd"), "-c", undumpable + "{line}"],
+            [],
+        )
     started = {}
     for case, (daemon, between) in parent.items():
         sleep = unique_sleep()
-        line = f"{shlex.join([*between, *sleep.split()])} & wait"
-        started[case] = (subprocess.Popen([*daemon, "-c", line]), sleep)
+        argv = [*between, *sleep.split()]
+        line = f"{shlex.join(argv)} & wait"
+        if daemon[-1].endswith("{line}"):  # the Python one
+            daemon = [*daemon[:-1], daemon[-1].format(line=f"subprocess.run({argv!r})")]
+        else:
+            daemon = [*daemon, line]
+        started[case] = (subprocess.Popen(daemon), sleep)
     try:
         pids = {
             case: wait_for(lambda s=sleep: alices(s), what=case)[0]
@@ -324,7 +340,8 @@ def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir:
             for case, pid in pids.items()
         }
         in_python = {case: _in_a_job(int(pid)) for case, pid in pids.items()}
-        assert in_python == in_shell == {"job": True, "posing": False, "odd name": False}
+        expected = {case: case == "job" for case in parent}
+        assert in_python == in_shell == expected
     finally:
         for process, sleep in started.values():
             subprocess.run(["pkill", "-KILL", "-f", sleep])

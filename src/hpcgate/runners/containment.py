@@ -144,14 +144,22 @@ def _in_a_job(pid: int) -> bool:
         try:
             with open(f"/proc/{pid}/stat", "rb") as stat:
                 line = stat.read()
-            owner = os.stat(f"/proc/{pid}").st_uid
+            name, _, rest = line.partition(b" (")[2].rpartition(b") ")
+            # its real uid (the files of an undumpable process are all root's)
+            if name.decode(errors="replace") in JOB_DAEMONS and _real_uid(pid) == 0:
+                return True
         except OSError:
             return False
-        name, _, rest = line.partition(b" (")[2].rpartition(b") ")
-        if owner == 0 and name.decode(errors="replace") in JOB_DAEMONS:
-            return True
         pid = int(rest.split()[1])
     return False
+
+
+def _real_uid(pid: int) -> int | None:
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
+    return None
 
 
 def _enable_pids(parent: Path) -> bool:

@@ -53,7 +53,9 @@ _IN_A_JOB = (
     's=$(cat "/proc/$p/stat" 2>/dev/null) || return 1; '
     "n=${s#* (}; n=${n%) *}; "
     f"case $n in {'|'.join(JOB_DAEMONS)}) "
-    '[ "$(stat -c %u "/proc/$p" 2>/dev/null)" = 0 ] && return 0;; esac; '
+    # its real uid (the files of an undumpable process are all root's)
+    'v=; while read -r k v r; do [ "$k" = Uid: ] && break; done < "/proc/$p/status"; '
+    '[ "$v" = 0 ] && return 0;; esac; '
     "s=${s##*) }; set -- $s; p=$2; d=$((d + 1)); "
     "done; return 1; }; "
 )
