@@ -326,6 +326,20 @@ def error_of(response: httpx.Response, status: int) -> str:
     return error
 
 
+def settled(request: Callable[[], httpx.Response], *, timeout: float = 30) -> httpx.Response:
+    """The answer to ``request`` once it is not "accounting is catching up" (503): the
+    tests' jobs end all the time, and while their records wait for slurmdbd a job the
+    controller does not know is answered "try again", never a 404 that may be wrong."""
+
+    def answered() -> httpx.Response | None:
+        answer = request()
+        if answer.status_code == 503 and "accounting is catching up" in answer.text:
+            return None
+        return answer
+
+    return wait_for(answered, timeout=timeout, what="an answer not waiting for accounting")
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A Redis key prefix no other test uses; its keys are deleted afterwards."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, error_of, ok_output, start_server, stop_server
+from tests.conftest import Server, error_of, ok_output, settled, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_the_audit_log_records_actions_and_no_secrets(audited: tuple[Server, Pat
             "jobid"
         ]
         ok_output(client.delete("/job/ln3", params={"jobid": jobid}))
-        error_of(client.get("/job/ln3/987654321"), 404)
+        error_of(settled(lambda: client.get("/job/ln3/987654321")), 404)
     text = log.read_text()
     assert token not in text and "wonderland" not in text
     entries = [json.loads(line) for line in text.splitlines()]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import error_of, ok_output, wait_for
+from tests.conftest import error_of, ok_output, settled, wait_for
 
 ARRAY = "#!/bin/bash\n#SBATCH --array=1-2\nsleep 300\n"
 HETEROGENEOUS = "#!/bin/bash\n#SBATCH --ntasks=1\n#SBATCH hetjob\n#SBATCH --ntasks=1\nsleep 300\n"
@@ -23,8 +23,8 @@ def test_ids_slurm_cannot_have_are_bad_requests(alice: httpx.Client, jobid: str)
 
 def test_an_id_slurm_does_not_know_is_not_found(alice: httpx.Client) -> None:
     for jobid in ("987654321", "987654321_3", "987654321+1"):
-        error_of(alice.get(f"/job/ln3/{jobid}"), 404)
-        error_of(alice.delete(f"/job/ln3/{jobid}"), 404)
+        error_of(settled(lambda: alice.get(f"/job/ln3/{jobid}")), 404)  # noqa: B023
+        error_of(settled(lambda: alice.delete(f"/job/ln3/{jobid}")), 404)  # noqa: B023
 
 
 def submitted(client: httpx.Client, script: str) -> Iterator[str]:

@@ -19,7 +19,7 @@ import pytest
 from hpcgate.api.envelope import EncodedAnswers
 from hpcgate.api.routes import jobs as routes
 from hpcgate.schedulers.base import JobRecord
-from tests.conftest import Server, error_of, ok_output, wait_for
+from tests.conftest import Server, error_of, ok_output, settled, wait_for
 
 QUEUE_COLUMNS = {"status", "nodelist", "name", "partition", "user", "time", "nodes", "id"}
 JOB_COLUMNS = {"status", "tasks", "name", "partition", "time", "nodes", "id", "exitcode"}
@@ -228,8 +228,9 @@ def test_killing_a_finished_job_is_a_conflict(alice: httpx.Client) -> None:
 
 
 def test_unknown_job_is_404(alice: httpx.Client) -> None:
-    assert "no job 987654321" in error_of(alice.get("/job/ln3/987654321"), 404)
-    error_of(alice.delete("/job/ln3/987654321"), 404)
+    found = settled(lambda: alice.get("/job/ln3/987654321"))
+    assert "no job 987654321" in error_of(found, 404)
+    error_of(settled(lambda: alice.delete("/job/ln3/987654321")), 404)
 
 
 def test_bob_can_neither_inspect_nor_kill_alices_job(

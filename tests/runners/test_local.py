@@ -8,6 +8,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -346,3 +347,38 @@ def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir:
         for process, sleep in started.values():
             subprocess.run(["pkill", "-KILL", "-f", sleep])
             process.wait()
+
+
+def test_a_process_in_a_slurm_job_cgroup_is_a_jobs(cluster: None) -> None:
+    """Under proctrack/cgroup a job's process is in a cgroup slurmd made at the top of a
+    hierarchy (found even where hidepid hides slurmstepd); the same names lower down, as
+    a user with a delegated subtree could make them, are not a job's."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    mount = next((Path(line.split()[1]) for line in mounts if " cgroup2 " in line), None)
+    if mount is None:
+        pytest.skip("no cgroup v2 here")
+    top = mount / f"slurm-hpcgate-test-{os.getpid()}"
+    places = {"job": top / "uid_1001/job_1/step_batch", "lower": top / "x/slurm/uid_1001/job_1"}
+    sleeps = {}
+    try:
+        for case, place in places.items():
+            place.mkdir(parents=True)
+            sleep = unique_sleep()
+            process = subprocess.Popen(["runuser", "-u", "alice", "--", *sleep.split()])
+            pid = int(wait_for(lambda s=sleep: alices(s), what=case)[0])  # type: ignore[misc]
+            (place / "cgroup.procs").write_text(str(pid))
+            sleeps[case] = (process, pid)
+        in_python = {case: _in_a_job(pid) for case, (_, pid) in sleeps.items()}
+        in_shell = {
+            case: subprocess.run(["sh", "-c", f"{_IN_A_JOB}in_a_job {pid}"]).returncode == 0
+            for case, (_, pid) in sleeps.items()
+        }
+        assert in_python == in_shell == {"job": True, "lower": False}
+    finally:
+        for process, pid in sleeps.values():
+            os.kill(pid, signal.SIGKILL)
+            process.wait()
+        for place in sorted(top.rglob("*"), key=lambda path: -len(path.parts)):
+            if place.is_dir():
+                place.rmdir()
+        top.rmdir()

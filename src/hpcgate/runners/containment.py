@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -44,10 +45,22 @@ ACTION_MARKER = "HPCGATE_ACTION"
 JOB_DAEMONS = ("slurmstepd",)
 """The root daemons that start batch jobs' processes (Slurm's step daemon). A job carries
 the environment of the action that submitted it, marker included (sbatch hands it on), so
-a marked process that descends from one of these is the scheduler's, started for a job,
-and is spared: a job must never die because the submit that created it ended (on a login
-node that also runs jobs). A user's process cannot pose as one: it would have to run as
-root. What a user starts under ``salloc`` on the login node is no job's: it is killed."""
+a marked process that is a job's is the scheduler's, and is spared: a job must not die
+because the submit that created it ended (on a login node that also runs jobs). A job's
+process is one in a job's cgroup (JOB_CGROUP) or one that descends from one of these
+daemons running as root; a user's process can pose as neither. What a user starts under
+``salloc`` on the login node is no job's: it is killed."""
+
+JOB_CGROUP = (
+    r"^[0-9]+:[^:]*:/(slurm[^/]*/uid_[0-9]+/job_[0-9]+"
+    r"|system\.slice/slurmstepd[^/]*\.scope/job_[0-9]+)(/|$)"
+)
+"""A line of ``/proc/<pid>/cgroup`` (extended regular expression, for Python and grep)
+that puts the process in a Slurm job's cgroup (``proctrack/cgroup``, cgroup v1 or v2):
+made by slurmd as root, where no user can make one. It holds for a job's process that
+left its step's process tree, and where ``hidepid`` hides root's processes from the
+scan over SSH."""
+_JOB_CGROUP = re.compile(JOB_CGROUP.encode(), re.MULTILINE)
 _MAX_DEPTH = 64  # ancestors looked at: a process tree is never this deep
 
 _PARENT = "hpcgate.actions"
@@ -137,29 +150,45 @@ def _end_orphans(parent: Path, only: int | None = None) -> set[int]:
 
 
 def _in_a_job(pid: int) -> bool:
-    """Whether process ``pid`` descends from a job daemon running as root (JOB_DAEMONS)."""
+    """Whether process ``pid`` is a batch job's: in a job's cgroup, or descending from a
+    job daemon running as root (JOB_CGROUP, JOB_DAEMONS)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as cgroups:
+            if _JOB_CGROUP.search(cgroups.read()):
+                return True
+    except OSError:
+        return False
     for _ in range(_MAX_DEPTH):
         if pid <= 1:
             return False
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                line = stat.read()
-            name, _, rest = line.partition(b" (")[2].rpartition(b") ")
-            # its real uid (the files of an undumpable process are all root's)
-            if name.decode(errors="replace") in JOB_DAEMONS and _real_uid(pid) == 0:
-                return True
-        except OSError:
+        found = _name_parent_uid(pid)
+        if found is None:
             return False
-        pid = int(rest.split()[1])
+        name, parent, uid = found
+        if name in JOB_DAEMONS and uid == 0:
+            return True
+        pid = parent
     return False
 
 
-def _real_uid(pid: int) -> int | None:
-    with open(f"/proc/{pid}/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    return None
+def _name_parent_uid(pid: int) -> tuple[str, int, int] | None:
+    """The name, parent and real uid of process ``pid`` (from its status: the files of
+    an undumpable process are all root's, its uid there is its own)."""
+    fields: dict[bytes, bytes] = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                key, _, value = line.partition(b":")
+                fields[key] = value.strip()
+                if key == b"Uid":
+                    break
+        return (
+            fields[b"Name"].decode(errors="replace"),
+            int(fields[b"PPid"]),
+            int(fields[b"Uid"].split()[0]),
+        )
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def _enable_pids(parent: Path) -> bool:

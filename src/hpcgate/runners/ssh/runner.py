@@ -33,7 +33,7 @@ from hpcgate.errors import Forbidden, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.base import Runner
-from hpcgate.runners.containment import ACTION_MARKER, JOB_DAEMONS
+from hpcgate.runners.containment import ACTION_MARKER, JOB_CGROUP, JOB_DAEMONS
 from hpcgate.runners.pump import pump
 from hpcgate.runners.ssh.authority import CertificateAuthority
 from hpcgate.runners.ssh.files import sftp_read, sftp_write
@@ -47,31 +47,29 @@ _KILL_TIMEOUT = 10.0
 
 
 _IN_A_JOB = (
-    # in_a_job PID: whether the process descends from a job daemon running as root
-    "in_a_job() { p=$1; d=0; "
-    'while [ "$p" -gt 1 ] && [ "$d" -lt 64 ]; do '
-    's=$(cat "/proc/$p/stat" 2>/dev/null) || return 1; '
-    "n=${s#* (}; n=${n%) *}; "
-    f"case $n in {'|'.join(JOB_DAEMONS)}) "
-    # its real uid (the files of an undumpable process are all root's)
-    'v=; while read -r k v r; do [ "$k" = Uid: ] && break; done < "/proc/$p/status"; '
-    '[ "$v" = 0 ] && return 0;; esac; '
-    "s=${s##*) }; set -- $s; p=$2; d=$((d + 1)); "
-    "done; return 1; }; "
+    # in_a_job PID: whether the process is a batch job's (JOB_CGROUP, JOB_DAEMONS); no
+    # process started per ancestor: status is read by the shell itself
+    f"in_a_job() {{ grep -qsE '{JOB_CGROUP}' \"/proc/$1/cgroup\" && return 0; p=$1; d=0; "
+    'while [ "$p" -gt 1 ] && [ "$d" -lt 64 ]; do n=; pp=; u=; '
+    "{ while read -r k v; do case $k in Name:) n=$v;; PPid:) pp=$v;; "
+    'Uid:) u=${v%%[!0-9]*}; break;; esac; done < "/proc/$p/status"; } 2>/dev/null; '
+    '[ -n "$pp" ] || return 1; '
+    f'case $n in {"|".join(JOB_DAEMONS)}) [ "$u" = 0 ] && return 0;; esac; '
+    "p=$pp; d=$((d + 1)); done; return 1; }; "
 )
 
 
 def _kill_script(leader: str | None, marker: str) -> str:
     """What kills, on the login node, everything an action started (but a batch job it
     submitted, which carries its marker too: see JOB_DAEMONS). Run by ``sh`` whatever
-    the user's login shell (zsh, for one, would not split ``$pids``)."""
-    group = f"kill -KILL -- -{leader}; pkill -KILL -s {leader}; " if leader else ""
+    the user's login shell (zsh would not split ``$pids``; tcsh and fish not parse it)."""
+    group = f"kill -s KILL -- -{leader}; pkill -KILL -s {leader}; " if leader else ""
     # several rounds: a process may be forking while the first one runs
     script = (
         f"{group}{_IN_A_JOB}for round in 1 2 3; do pids=; "
         f"for f in $(grep -lsxzF {ACTION_MARKER}={marker} /proc/[0-9]*/environ); do "
         'pid=${f#/proc/}; pid=${pid%/environ}; in_a_job "$pid" || pids="$pids $pid"; done; '
-        '[ -n "$pids" ] || break; kill -KILL $pids; done'
+        '[ -n "$pids" ] || break; kill -s KILL $pids; done'
     )
     return f"sh -c {shlex.quote(script)}"
 
