@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from hpcgate.plugins import BuildContext
 from hpcgate.process import Limits
 from hpcgate.runners.ssh import CertificateAuthority, SshRunner
 from hpcgate.runners.ssh.pool import ConnectionPool, LoginHost, PoolSettings
+from hpcgate.runners.ssh.runner import _IN_A_JOB, _kill_script
 from tests.conftest import free_port, wait_for
 from tests.login_nodes import LoginNodes
 from tests.runners.leftovers import (
@@ -426,3 +430,19 @@ def test_from_config_names_the_wrong_setting_and_the_fix(nodes: LoginNodes, tmp_
     unreadable = tmp_path / "unreadable"
     unreadable.mkdir()  # even root cannot read a directory as a key
     assert "machines.ln3.ssh.ca_key: cannot read" in refused(ca_key=unreadable)
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash", "busybox"])
+def test_the_kill_script_is_plain_posix_shell(shell: str) -> None:
+    """The login node runs it with ``sh``, which may be any of these: it must parse, and
+    its job test must walk a live process to the top (this test's own is no job's)."""
+    program = shutil.which(shell)
+    if program is None:
+        pytest.skip(f"no {shell} here")
+    argv = [program, "sh"] if shell == "busybox" else [program]
+    script = shlex.split(_kill_script("123", "abc"))[2]  # sh -c '<script>'
+    assert subprocess.run([*argv, "-n", "-c", script]).returncode == 0
+    check = subprocess.run(
+        [*argv, "-c", f"{_IN_A_JOB}in_a_job {os.getpid()}"], capture_output=True, text=True
+    )
+    assert (check.returncode, check.stderr) == (1, "")
