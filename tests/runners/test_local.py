@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,17 @@ def gone_elsewhere() -> int:
     return ended.pid
 
 
+def judged(pids: dict[str, int]) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Whether each process is a job's, as the local scan (Python) and the SSH one (sh)
+    judge it: they must agree."""
+    in_python = {case: _in_a_job(pid) for case, pid in pids.items()}
+    in_shell = {
+        case: subprocess.run(["sh", "-c", f"{_IN_A_JOB}in_a_job {pid}"]).returncode == 0
+        for case, pid in pids.items()
+    }
+    return in_python, in_shell
+
+
 def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir: Path) -> None:
     """What the marker scans (here and on SSH login nodes) spare: a descendant of root's
     slurmstepd; not of a user's process that merely has its name (undumpable too: its
@@ -305,44 +317,38 @@ def test_a_process_is_a_jobs_only_under_a_job_daemon_running_as_root(public_dir:
     programs = public_dir / f"daemons-{os.getpid()}"
     (programs / "python").mkdir(mode=0o755, parents=True)
     programs.chmod(0o755)
-    for name in ("slurmstepd", "x) 1 (y"):
-        shutil.copy("/bin/sh", programs / name)
+    stepd, odd = str(programs / "slurmstepd"), str(programs / "x) 1 (y")
+    for copy in (stepd, odd):
+        shutil.copy("/bin/sh", copy)
     as_alice = ["runuser", "-u", "alice", "--"]
-    parent = {  # the daemon, as whom, and what it runs in between
-        "job": ([str(programs / "slurmstepd"), "-c"], as_alice),
-        "posing": ([*as_alice, str(programs / "slurmstepd"), "-c"], []),
-        "odd name": ([*as_alice, str(programs / "x) 1 (y"), "-c"], []),
+    # each case: the argv of a daemon that starts the sleep (given as an argv) as alice
+    cases: dict[str, Callable[[list[str]], list[str]]] = {
+        "job": lambda sleep: [stepd, "-c", f"{shlex.join([*as_alice, *sleep])} & wait"],
+        "posing": lambda sleep: [*as_alice, stepd, "-c", f"{shlex.join(sleep)} & wait"],
+        "odd name": lambda sleep: [*as_alice, odd, "-c", f"{shlex.join(sleep)} & wait"],
     }
     system_python = Path("/usr/bin/python3")  # not the venv's: alice may not read /root
     if system_python.exists():
-        shutil.copy(system_python, programs / "python" / "slurmstepd")
-        undumpable = "import ctypes, subprocess, sys; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "
-        parent["posing, undumpable"] = (
-            [*as_alice, str(programs / "python" / "slurmstepd"), "-c", undumpable + "{line}"],
-            [],
-        )
+        undumpable = str(programs / "python" / "slurmstepd")
+        shutil.copy(system_python, undumpable)
+        cases["posing, undumpable"] = lambda sleep: [
+            *as_alice,
+            undumpable,
+            "-c",
+            "import ctypes, subprocess; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "  # not dumpable
+            f"subprocess.run({sleep!r})",
+        ]
     started = {}
-    for case, (daemon, between) in parent.items():
+    for case, daemon in cases.items():
         sleep = unique_sleep()
-        argv = [*between, *sleep.split()]
-        line = f"{shlex.join(argv)} & wait"
-        if daemon[-1].endswith("{line}"):  # the Python one
-            daemon = [*daemon[:-1], daemon[-1].format(line=f"subprocess.run({argv!r})")]
-        else:
-            daemon = [*daemon, line]
-        started[case] = (subprocess.Popen(daemon), sleep)
+        started[case] = (subprocess.Popen(daemon(sleep.split())), sleep)
     try:
         pids = {
-            case: wait_for(lambda s=sleep: alices(s), what=case)[0]
+            case: int(wait_for(lambda s=sleep: alices(s), what=case)[0])  # type: ignore[misc]
             for case, (_, sleep) in started.items()
         }
-        in_shell = {
-            case: subprocess.run(["sh", "-c", f"{_IN_A_JOB}in_a_job {pid}"]).returncode == 0
-            for case, pid in pids.items()
-        }
-        in_python = {case: _in_a_job(int(pid)) for case, pid in pids.items()}
-        expected = {case: case == "job" for case in parent}
-        assert in_python == in_shell == expected
+        in_python, in_shell = judged(pids)
+        assert in_python == in_shell == {case: case == "job" for case in cases}
     finally:
         for process, sleep in started.values():
             subprocess.run(["pkill", "-KILL", "-f", sleep])
@@ -368,11 +374,7 @@ def test_a_process_in_a_slurm_job_cgroup_is_a_jobs(cluster: None) -> None:
             pid = int(wait_for(lambda s=sleep: alices(s), what=case)[0])  # type: ignore[misc]
             (place / "cgroup.procs").write_text(str(pid))
             sleeps[case] = (process, pid)
-        in_python = {case: _in_a_job(pid) for case, (_, pid) in sleeps.items()}
-        in_shell = {
-            case: subprocess.run(["sh", "-c", f"{_IN_A_JOB}in_a_job {pid}"]).returncode == 0
-            for case, (_, pid) in sleeps.items()
-        }
+        in_python, in_shell = judged({case: pid for case, (_, pid) in sleeps.items()})
         assert in_python == in_shell == {"job": True, "lower": False}
     finally:
         for process, pid in sleeps.values():
