@@ -1,14 +1,16 @@
-"""Where a gateway's time goes under a read load: py-spy on a real ``hpcgate serve``.
+"""Where a gateway's time goes under a load: py-spy on a real ``hpcgate serve``.
 
     .venv/bin/python -m bench.profile [--path /api/job] [--concurrency 64] [--seconds 8]
                                       [--svg profile.svg] [--top 40]
+                                      [--submit] [--runner local-helper] [--submit-path rpc]
 
 Needs root and ``py-spy`` in the venv (``.venv/bin/pip install py-spy``). Starts one
 gateway with the settings of ``bench.vs_slurmrestd`` (embedded monitor, snapshots), puts
 ``--concurrency`` keep-alive connections on ``--path`` as alice, samples the gateway's
 stacks with py-spy meanwhile, and prints the share of samples each function is on the
 stack for (inclusive) and on top of it (self), the two views a flame graph gives.
-``--svg`` also writes the flame graph.
+``--svg`` also writes the flame graph. With ``--submit`` the load is ``POST /api/job``
+with the submit scenario's script of ``bench.vs_slurmrestd`` (held jobs, cancelled after).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 from bench.common import Gateway, RawConnection, host_port
-from bench.vs_slurmrestd import CONFIG, cell
+from bench.vs_slurmrestd import CONFIG, SCRIPT, cancel_submitted, cell
 
 
 def py_spy() -> str:
@@ -76,9 +79,14 @@ def main() -> None:
     parser.add_argument("--svg", help="also write a flame graph here")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--header", action="append", default=[], help="extra 'Name: value'")
+    parser.add_argument("--submit", action="store_true", help="POST /api/job instead of GETs")
+    parser.add_argument("--runner", default="local", help="local or local-helper")
+    parser.add_argument("--submit-path", default="sbatch", choices=("sbatch", "rpc"))
     args = parser.parse_args()
+    form = urllib.parse.urlencode({"jobscript": SCRIPT}).encode()
 
-    with Gateway(CONFIG.format(runner="local")) as gateway:
+    config = CONFIG.format(runner=args.runner, submit=args.submit_path)
+    with Gateway(config) as gateway:
         time.sleep(6)  # a first snapshot
         host, port = host_port(gateway.url)
         headers = {"Authorization": f"Bearer {gateway.token('alice')}"}
@@ -97,6 +105,9 @@ def main() -> None:
             svg = subprocess.Popen([*record, "-o", args.svg], stderr=subprocess.DEVNULL)
 
         async def get(c: RawConnection) -> bool:
+            if args.submit:
+                kind = "application/x-www-form-urlencoded"
+                return (await c.request("POST", "/api/job/ln3", form, kind))[0] == 200
             return await c.get(args.path) in (200, 304)
 
         samples = asyncio.run(
@@ -105,8 +116,11 @@ def main() -> None:
         spy.wait()
         if svg is not None:
             svg.wait()
+    if args.submit:
+        cancel_submitted()
     print(
-        f"{args.path} at {args.concurrency}: {samples.rate:.0f} req/s, "
+        f"{'POST /api/job/ln3' if args.submit else args.path} at {args.concurrency}: "
+        f"{samples.rate:.0f} req/s, "
         f"p50 {samples.median * 1000:.1f} ms, p99 {samples.percentile(99) * 1000:.1f} ms, "
         f"{samples.errors} errors (under py-spy)\n"
     )

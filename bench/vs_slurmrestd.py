@@ -68,6 +68,7 @@ backend = "pam"
 account = "hpcmon"
 [machines.ln3]
 runner = "{runner}"
+options = {{ submit = "{submit}" }}
 """
 SUBMIT_NAME = "bench-submit"
 SCRIPT = (
@@ -339,6 +340,13 @@ def main() -> None:
     parser.add_argument(
         "--runner", default="local", help="the gateway's transport: local or local-helper"
     )
+    parser.add_argument(
+        "--submit",
+        default="sbatch",
+        choices=("sbatch", "rpc"),
+        help="how the gateway submits: sbatch, or rpc (libslurm from the user's helper: "
+        "needs --runner local-helper)",
+    )
     parser.add_argument("--write", action="store_true", help="write the table to bench/README.md")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
@@ -356,7 +364,8 @@ def main() -> None:
     rows: list[Row] = []
     print(HEADER, flush=True)
     with contextlib.ExitStack() as stack:
-        gateway = stack.enter_context(Gateway(CONFIG.format(runner=args.runner)))
+        config = CONFIG.format(runner=args.runner, submit=args.submit)
+        gateway = stack.enter_context(Gateway(config))
         time.sleep(6)  # a first snapshot
         floors = {
             scenario: stack.enter_context(serve_floor(same_size_body(gateway, path)))

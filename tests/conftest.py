@@ -206,12 +206,15 @@ RENAMED = {"sbatch": "yhbatch", "squeue": "yhq", "sacct": "yhacct", "scancel": "
 CANARY = "hpcgate-service-secret-canary"
 
 
-def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | None) -> str:
+def gateway_config(
+    public_dir: Path, transport: str, login_nodes: LoginNodes | None, *, submit: str = "sbatch"
+) -> str:
     """The test gateway: ln3 as deployed, plus machines with tight limits and renamed tools.
 
     With ``transport = "ssh"`` every machine reaches its login nodes over SSH (the two
     sshd's of ``login_nodes``) instead of running locally: the same tests cover both;
-    ``"local-helper"`` runs them through one long-lived helper per user.
+    ``"local-helper"`` runs them through one long-lived helper per user, and with
+    ``submit = "rpc"`` its helpers submit through libslurm instead of starting sbatch.
     """
     bin_dir = public_dir / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -223,6 +226,8 @@ def gateway_config(public_dir: Path, transport: str, login_nodes: LoginNodes | N
     slow.write_text('#!/bin/sh\nsleep 2\nexec sbatch "$@"\n')
     slow.chmod(0o755)
     runner = f'runner = "{transport}"'
+    if submit != "sbatch":
+        runner += f'\noptions = {{ submit = "{submit}" }}'
     if transport == "ssh":
         assert login_nodes is not None
         runner = f'runner = "ssh"\nssh = {login_nodes.ssh_section()}'

@@ -91,6 +91,11 @@ PROCESSES_SPAWNED = Counter(
     "Processes the local runner started as a user",
     registry=REGISTRY,
 )
+STAND_IN_CALLS = Counter(
+    "hpcgate_stand_in_calls",
+    "Programs a user's helper answered without starting them (sbatch through libslurm)",
+    registry=REGISTRY,
+)
 SSH_CONNECTIONS_OPEN = Gauge(
     "hpcgate_ssh_connections_open",
     "SSH connections in the pool, by login node",

@@ -197,6 +197,12 @@ def build_machine(
             plugins.SCHEDULERS, section.scheduler, f"machines.{name}.scheduler"
         )
         scheduler = _built(f"machines.{name}", lambda: scheduler_class.from_config(name, section))
+    if not runner.take_stand_ins(scheduler.stand_ins()):
+        raise ConfigError(
+            f"machines.{name}: the {section.runner} runner cannot answer "
+            f"{', '.join(scheduler.stand_ins())} in the user's helper; "
+            "use runner = 'local-helper' or drop options.submit"
+        )
     limits = section.effective_limits(config.limits)
     return Machine(
         name,

@@ -14,6 +14,7 @@ import pytest
 
 from hpcgate import metrics
 from hpcgate.accounts import UnixAccount
+from hpcgate.errors import TimedOut, Unavailable
 from hpcgate.process import Limits
 from hpcgate.runners.local_helper import HelperRunner
 from tests.conftest import wait_for
@@ -303,3 +304,71 @@ def test_helpers_still_starting_count_against_the_cap(
     assert outputs == ["alice\n", "bob\n"], "the one over the cap ran the local way"
     started = [r for r in caplog.records if r.getMessage().startswith("started the helper")]
     assert len(started) == 1, "one helper, never two"
+
+
+STAND_IN = """
+import os, time
+def run(argv, env, cwd):
+    if argv[1] == "decline":
+        return None
+    if argv[1] == "fail":
+        raise RuntimeError("broken stand-in")
+    if argv[1] == "slow":
+        time.sleep(float(argv[2]))
+    return 3, f"{os.getuid()} {cwd} {env['HOME']} {' '.join(argv[1:])}\\n", "said\\n"
+"""
+
+
+@pytest.fixture
+def stand_in(cluster: None, public_dir: Path) -> Iterator[HelperRunner]:
+    """A runner whose ``echo`` is answered by a stand-in module in the user's helper."""
+    module = public_dir / "stand_in.py"
+    module.write_text(STAND_IN)
+    module.chmod(0o644)
+    made = HelperRunner()
+    assert made.take_stand_ins({"echo": str(module)})
+    yield made
+    asyncio.run(made.close())
+
+
+def test_a_stand_in_answers_in_the_helper_as_the_user(
+    stand_in: HelperRunner, alice: UnixAccount
+) -> None:
+    async def scenario() -> None:
+        spawned = metrics.PROCESSES_SPAWNED._value.get()
+        await stand_in.run(alice, ["true"], limits=LIMITS)  # the helper is up
+        before = metrics.PROCESSES_SPAWNED._value.get()
+        done = await stand_in.run(alice, ["echo", "a", "b c"], limits=LIMITS)
+        assert (done.returncode, done.stderr) == (3, "said\n")
+        assert done.stdout == f"{alice.uid} {alice.home} {alice.home} a b c\n"
+        assert done.argv[0] == "/usr/bin/echo", "the program as resolved, as a spawn gets it"
+        assert metrics.PROCESSES_SPAWNED._value.get() == before, "nothing started"
+        assert before > spawned
+        # declined: the program itself runs
+        declined = await stand_in.run(alice, ["echo", "decline"], limits=LIMITS)
+        assert (declined.returncode, declined.stdout) == (0, "decline\n")
+        assert metrics.PROCESSES_SPAWNED._value.get() == before + 1
+
+    asyncio.run(scenario())
+
+
+def test_a_stand_in_that_fails_or_hangs_is_an_error_and_the_helper_serves_on(
+    stand_in: HelperRunner, alice: UnixAccount
+) -> None:
+    async def scenario() -> None:
+        with pytest.raises(Unavailable, match="broken stand-in"):
+            await stand_in.run(alice, ["echo", "fail"], limits=LIMITS)
+        short = Limits(timeout=0.5, output_bytes=1024)
+        slow = asyncio.ensure_future(stand_in.run(alice, ["echo", "slow", "3"], limits=short))
+        await asyncio.sleep(0.1)
+        # while one call is stuck, the same helper answers others (calls have threads)
+        assert (await stand_in.run(alice, ["echo", "quick"], limits=LIMITS)).returncode == 3
+        assert (await stand_in.run(alice, ["true"], limits=LIMITS)).returncode == 0
+        with pytest.raises(TimedOut):
+            await slow
+        helpers = stand_in.helpers
+        await asyncio.sleep(3)  # the stuck call ends; its answer has no reader
+        assert (await stand_in.run(alice, ["echo", "after"], limits=LIMITS)).returncode == 3
+        assert stand_in.helpers == helpers, "the same helper throughout"
+
+    asyncio.run(scenario())

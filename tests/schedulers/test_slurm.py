@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from hpcgate.config import Config, ConfigError
 from hpcgate.errors import BadRequest, Forbidden, NotFound, Unavailable
 from hpcgate.jobspec import JobOptions
 from hpcgate.process import Completed
+from hpcgate.schedulers import slurm_rpc
 from hpcgate.schedulers.base import JobRecord
 from hpcgate.schedulers.slurm import Slurm, classified, job_row, output_argv, parse_output_rows
+from hpcgate.wiring import build_gateway
 
 slurm = Slurm()
 
@@ -740,3 +744,31 @@ def test_an_sdiag_that_fails_cannot_say_there_is_no_lag() -> None:
         slurm.parse_accounting_lag(dead)
     refused = failed(["sdiag"], "sdiag: error: Access/permission denied")
     assert slurm.parse_accounting_lag(refused) is False  # as before: cannot tell
+
+
+@pytest.mark.parametrize(
+    ("machine", "words"),
+    [
+        ({"options": {"submit": "rest"}}, "options.submit: 'rest' is not one of 'sbatch', 'rpc'"),
+        ({"options": {"submit": "rpc"}}, "the local runner cannot answer sbatch"),
+        pytest.param(
+            {"runner": "local-helper", "options": {"submit": "rpc"}},
+            None,
+            marks=pytest.mark.skipif(
+                not slurm_rpc.library_installed(), reason="libslurm38 (scripts/cluster) missing"
+            ),
+        ),
+    ],
+)
+def test_the_submit_path_is_a_choice_per_machine(
+    tmp_path: Path, machine: dict[str, object], words: str | None
+) -> None:
+    config = Config.model_validate(
+        {"machines": {"ln3": machine}, "store": {"path": str(tmp_path / "state.sqlite")}}
+    )
+    if words is None:
+        built = build_gateway(config)
+        assert built.machine("ln3").scheduler.stand_ins() == {"sbatch": slurm_rpc.__file__}
+        return
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        build_gateway(config)

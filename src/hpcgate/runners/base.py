@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import ConfigError, MachineConfig
@@ -39,6 +39,12 @@ class Runner(ABC):
         False, is right wherever actions may outlive the gateway (e.g. over SSH, on
         another host): a keyed submit it left then waits out its attempt limit."""
         return False
+
+    def take_stand_ins(self, stand_ins: Mapping[str, str]) -> bool:
+        """Answer these programs in a long-lived process of the user's where the stand-in
+        can (:meth:`hpcgate.schedulers.base.Scheduler.stand_ins`); False, the default,
+        when this transport cannot (the programs then always run)."""
+        return not stand_ins
 
     @abstractmethod
     async def run(

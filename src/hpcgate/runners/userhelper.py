@@ -7,7 +7,12 @@ one end of a socket pair, and from then on asks it to
 * write a file (``write``): opened and written here, as the user, with no new process;
 * start a program (``spawn``): ``posix_spawn`` (a vfork: cheap, since no ids change) with
   the three pipe ends the gateway sent along (``SCM_RIGHTS``), in a new session, and
-  report its pid at once and its exit status when it ends (watched through a pidfd).
+  report its pid at once and its exit status when it ends (watched through a pidfd);
+* answer a program in its own process (``call``): a *stand-in* module, loaded by path,
+  whose ``run(argv, env, cwd)`` returns the program's exit status and output, or None
+  when the program itself must run (see :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`).
+  Calls run on threads of their own (at most ``MAX_CALLS`` at once), so a slow one never
+  holds up the other requests.
 
 It never decides anything: every path and argument vector comes from the gateway, which
 also places it in the action's cgroups for the instant of each spawn (see
@@ -20,6 +25,7 @@ Frames, both ways: 4-byte big-endian JSON length, 4-byte payload length, JSON, p
 from __future__ import annotations
 
 import array
+import importlib.util
 import json
 import os
 import selectors
@@ -27,9 +33,16 @@ import socket
 import stat
 import struct
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 FRAME = struct.Struct("!II")
 MAX_FDS = 3
+MAX_CALLS = 8
+_sending = threading.Lock()
+_loading = threading.Lock()
+_stand_ins: dict[str, ModuleType] = {}
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -61,7 +74,37 @@ def _receive(sock: socket.socket) -> tuple[dict[str, object], bytes, list[int]]:
 
 def _send(sock: socket.socket, message: dict[str, object]) -> None:
     body = json.dumps(message).encode()
-    sock.sendall(FRAME.pack(len(body), 0) + body)
+    with _sending:
+        sock.sendall(FRAME.pack(len(body), 0) + body)
+
+
+def _stand_in(path: str) -> ModuleType:
+    with _loading:
+        module = _stand_ins.get(path)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(f"_stand_in_{len(_stand_ins)}", path)
+            if spec is None or spec.loader is None:
+                raise OSError(0, f"cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _stand_ins[path] = module
+        return module
+
+
+def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
+    """Answer a program through its stand-in (on a thread of the pool)."""
+    argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
+    environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
+    try:
+        outcome = _stand_in(str(message["module"])).run(argv, environment, str(message["cwd"]))
+    except Exception as exc:  # a stand-in's own failure: whether it sent anything is unknown
+        _send(sock, {"id": request, "errno": 0, "reason": repr(exc), "stage": "call"})
+        return
+    if outcome is None:
+        _send(sock, {"id": request, "declined": True})
+    else:
+        status, stdout, stderr = outcome
+        _send(sock, {"id": request, "status": status, "stdout": stdout, "stderr": stderr})
 
 
 def _failure(request: int, exc: OSError) -> dict[str, object]:
@@ -109,6 +152,7 @@ def serve(sock: socket.socket) -> None:
     watched = selectors.DefaultSelector()
     watched.register(sock, selectors.EVENT_READ)
     children: dict[int, int] = {}  # pidfd -> pid
+    calls = ThreadPoolExecutor(MAX_CALLS, thread_name_prefix="call")
     while True:
         for key, _ in watched.select():
             if key.fileobj is not sock:
@@ -128,6 +172,8 @@ def serve(sock: socket.socket) -> None:
                 if message["op"] == "write":
                     _write(str(message["path"]), payload)
                     _send(sock, {"id": request})
+                elif message["op"] == "call":
+                    calls.submit(_call, sock, request, message)
                 elif message["op"] == "spawn":
                     pid = _spawn(message, fds)
                     pidfd = os.pidfd_open(pid)
@@ -166,3 +212,4 @@ def _spawn(message: dict[str, object], fds: list[int]) -> int:
 
 if __name__ == "__main__":
     serve(socket.socket(fileno=int(sys.argv[1])))
+    os._exit(0)  # without waiting for a call still in flight: its answer has no reader

@@ -8,6 +8,7 @@ adding one module that implements :class:`Scheduler`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -113,6 +114,15 @@ class Scheduler(ABC):
     def from_config(cls, name: str, machine: MachineConfig) -> Scheduler:
         """The scheduler of machine ``name``; raises ConfigError for a wrong setting."""
         return cls()
+
+    def stand_ins(self) -> Mapping[str, str]:
+        """Programs of this scheduler that a runner may answer in a long-lived process of
+        the user's instead of starting them: program (as in the argument vectors) -> path
+        of a standard-library module whose ``run(argv, env, cwd)`` returns what the
+        program would have ended with, ``(status, stdout, stderr)``, or None when the
+        program itself must run (see :meth:`hpcgate.runners.base.Runner.take_stand_ins`).
+        None by default."""
+        return {}
 
     @abstractmethod
     def submit_argv(self, script_path: str, options: JobOptions) -> list[str]:
@@ -272,3 +282,11 @@ class Scheduler(ABC):
         as the scheduler expands them; None when the controller does not know the job.
         Raises a GatewayError when the call failed for another reason."""
         return None
+
+    def parse_output_paths_of(
+        self, jobids: Sequence[str], result: Completed
+    ) -> dict[str, OutputPaths | None]:
+        """:meth:`parse_output_paths` of each of ``jobids`` (asked in one call), by
+        default one parse per job; a scheduler whose parse reads the whole listing
+        should read it once."""
+        return {jobid: self.parse_output_paths(jobid, result) for jobid in jobids}

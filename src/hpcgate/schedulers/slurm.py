@@ -17,17 +17,19 @@ import posixpath
 import re
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from hpcgate.config import ConfigError, MachineConfig
 from hpcgate.errors import BadRequest, Forbidden, GatewayError, NotFound, Unavailable
 from hpcgate.jobspec import JobOptions
 from hpcgate.process import Completed
+from hpcgate.schedulers import slurm_rpc
 from hpcgate.schedulers.base import Ending, JobRecord, OutputPaths, Phase, Scheduler
 
 log = logging.getLogger(__name__)
 
+SUBMIT_PATHS = ("sbatch", "rpc")
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "sdiag")
 
 FINAL_STATES = frozenset(
@@ -364,12 +366,30 @@ class Slurm(Scheduler):
 
     @classmethod
     def from_config(cls, name: str, machine: MachineConfig) -> Slurm:
+        """Slurm for ``machines.<name>``: ``commands`` renames its tools; ``options.submit``
+        is ``"sbatch"`` (the default) or ``"rpc"``: sbatch's request sent through libslurm
+        from the user's helper (``runner = "local-helper"``), see
+        :mod:`hpcgate.schedulers.slurm_rpc`."""
+        submit = machine.options.get("submit", "sbatch")
+        if submit not in SUBMIT_PATHS:
+            raise ConfigError(
+                f"machines.{name}.options.submit: {submit!r} is not one of "
+                f"{', '.join(map(repr, SUBMIT_PATHS))}"
+            )
+        if submit == "rpc" and not slurm_rpc.library_installed():
+            raise ConfigError(
+                f"machines.{name}.options.submit = 'rpc' needs Slurm 22.05's "
+                f"{slurm_rpc.LIBRARY} (Debian: libslurm38) on this host; "
+                "install it or drop the option (sbatch is used)"
+            )
         try:
-            return cls(machine.commands)
+            return cls(machine.commands, submit_rpc=submit == "rpc")
         except ValueError as exc:
             raise ConfigError(f"machines.{name}.commands: {exc}") from None
 
-    def __init__(self, commands: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, commands: Mapping[str, str] | None = None, *, submit_rpc: bool = False
+    ) -> None:
         commands = dict(commands or {})
         unknown = set(commands) - set(COMMANDS)
         if unknown:
@@ -377,6 +397,12 @@ class Slurm(Scheduler):
                 f"unknown Slurm command {sorted(unknown)[0]!r}; renamable: {', '.join(COMMANDS)}"
             )
         self.commands = {name: commands.get(name, name) for name in COMMANDS}
+        self.submit_rpc = submit_rpc
+
+    def stand_ins(self) -> Mapping[str, str]:
+        if not self.submit_rpc:
+            return {}
+        return {self.commands["sbatch"]: slurm_rpc.__file__}
 
     # submit
 
@@ -711,7 +737,12 @@ class Slurm(Scheduler):
 
     def parse_output_paths(self, jobid: str, result: Completed) -> OutputPaths | None:
 
-        return output_paths(self, jobid, result)
+        return output_paths(self, [jobid], result)[jobid]
+
+    def parse_output_paths_of(
+        self, jobids: Sequence[str], result: Completed
+    ) -> dict[str, OutputPaths | None]:
+        return output_paths(self, jobids, result)
 
 
 def _epoch(text: str) -> float | None:
@@ -882,12 +913,19 @@ def row_of(jobid: str, rows: list[OutputRow]) -> OutputRow | None:
 _UNKNOWN_JOB = re.compile(r"Invalid job id", re.I)
 
 
-def output_paths(slurm: Slurm, jobid: str, result: Completed) -> OutputPaths | None:
-    """What :meth:`Slurm.parse_output_paths` answers: the expanded paths of ``jobid``,
-    None for a job the controller does not know; a failed call raises its error."""
+def output_paths(
+    slurm: Slurm, jobids: Sequence[str], result: Completed
+) -> dict[str, OutputPaths | None]:
+    """What :meth:`Slurm.parse_output_paths_of` answers: the expanded paths of each of
+    ``jobids``, None for a job the controller does not know; a failed call raises its
+    error. The listing is parsed once, however many jobs were asked."""
     if not result.ok and not _UNKNOWN_JOB.search(result.stderr):
         raise slurm.error_for(result)
-    row = row_of(jobid, parse_output_rows(result))
+    rows = parse_output_rows(result)
+    return {jobid: _expanded(row_of(jobid, rows)) for jobid in jobids}
+
+
+def _expanded(row: OutputRow | None) -> OutputPaths | None:
     if row is None:
         return None
     return OutputPaths(

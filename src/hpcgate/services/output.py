@@ -105,7 +105,7 @@ class JobOutput:
             raise Unavailable(
                 f"the scheduler of {self.machine.name} did not answer in time; try again"
             ) from None
-        return {jobid: scheduler.parse_output_paths(jobid, done) for jobid in jobids}
+        return scheduler.parse_output_paths_of(jobids, done)
 
     def submitted(self, account: UnixAccount, jobid: str) -> None:
         """A submit listener of the machine: records the job's output paths in the
