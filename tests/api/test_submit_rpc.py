@@ -38,11 +38,13 @@ from tests.api.test_jobs import (  # noqa: F401
     test_submit_without_a_path_writes_under_newt,
 )
 from tests.api.test_metrics import scrape, value
-from tests.api.test_scheduler_down import (  # noqa: F401
-    test_the_gateway_recovers_when_the_scheduler_returns,
-)
+from tests.api.test_scheduler_down import test_the_gateway_recovers_when_the_scheduler_returns
 from tests.conftest import Server, gateway_config, ok_output, start_server, stop_server
 
+# stops slurmctld: run alone, as in its own module (whose pytestmark an import leaves behind)
+test_the_gateway_recovers_when_the_scheduler_returns = pytest.mark.disruptive(
+    test_the_gateway_recovers_when_the_scheduler_returns
+)
 CALLS = "hpcgate_stand_in_calls_total"
 SPAWNED = "hpcgate_processes_spawned_total"
 

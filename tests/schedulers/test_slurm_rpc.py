@@ -207,6 +207,8 @@ def _script(tmp_path: Path, text: str | bytes) -> str:
         "#!/bin/bash\n#SBATCH --job-name='unmatched\ntrue\n",
         "#!/bin/bash\n#SBATCH --time\n",
         "#!/bin/bash\n#SBATCH hetjob\ntrue\n",
+        "#!/bin/bash\n#SBATCH -J hetjob -p debug\ntrue\n",
+        "#!/bin/bash\n#SBATCH -J :x\ntrue\n",
         "#!/bin/bash\n#SBATCH --begin=tomorrow\ntrue\n",
         "#!/bin/bash\n#SBATCH --time=0\ntrue\n",
         "#!/bin/bash\n#SBATCH --mem=1GB\ntrue\n",
@@ -226,6 +228,8 @@ def _script(tmp_path: Path, text: str | bytes) -> str:
         "unmatched quote",
         "no argument",
         "hetjob",
+        "hetjob as a word",
+        "a colon word",
         "a begin time it does not parse",
         "no time limit",
         "a memory unit it does not know",
@@ -260,6 +264,8 @@ def test_scripts_sbatch_reads_differently_are_declined(
         ([], {"SBATCH_PARTITION": "debug"}),
         ([], {"SLURM_EXIT_ERROR": "3"}),
         ([], {"SLURM_CONF": "/elsewhere/slurm.conf"}),
+        ([], {"BIG": "x" * (256 * 1024)}),  # sbatch leaves it out of the job's environment
+        ([], {"N" * 256: "1"}),
     ],
 )
 def test_options_and_variables_it_does_not_know_are_declined(
@@ -321,3 +327,34 @@ def test_only_the_controllers_refusals_go_to_sbatch() -> None:
     assert not slurm_rpc.refused(1003)  # lost answer: the job may exist, never sent twice
     assert not slurm_rpc.refused(5004)  # a socket timeout: likewise
     assert not slurm_rpc.refused(110)
+    assert slurm_rpc.refused(slurm_rpc.EAGAIN)  # the controller is full: sbatch retries
+    assert slurm_rpc.refused(slurm_rpc.PROTOCOL_VERSION_ERROR)
+
+
+def test_a_bad_directive_fails_sbatch_even_when_the_command_line_overrides_it(
+    site: slurm_rpc._Site, tmp_path: Path
+) -> None:
+    for directive in ("--time=abc", "--mem=lots", "--ntasks=-3", "--begin=soon"):
+        script = _script(tmp_path, f"#!/bin/sh\n#SBATCH {directive}\ntrue\n")
+        argv = [SBATCH, "--parsable", "--time=60", "--mem=100M", "--ntasks=2", "--begin=now+1"]
+        with pytest.raises(Declined):
+            slurm_rpc.describe([*argv, "--", script], {}, str(tmp_path), site, None)
+
+
+def test_a_colon_anywhere_in_the_arguments_is_declined(
+    site: slurm_rpc._Site, tmp_path: Path
+) -> None:
+    script = _script(tmp_path, "#!/bin/sh\ntrue\n")
+    with pytest.raises(Declined):  # sbatch drops it from the job's arguments
+        slurm_rpc.describe([SBATCH, "--parsable", "--", script, "a", ":"], {}, "/", site, None)
+
+
+def test_the_last_setting_wins_and_includes_are_relative(tmp_path: Path) -> None:
+    with pytest.raises(Declined):
+        slurm_rpc._Site(_conf(tmp_path, "CliFilterPlugins=", "CliFilterPlugins=cli_filter/lua"))
+    (tmp_path / "stack.d").mkdir()
+    (tmp_path / "stack.d" / "a.conf").write_text("required /usr/lib/spank/a.so\n")
+    plugstack = tmp_path / "plugstack.conf"
+    plugstack.write_text("include stack.d/*.conf\n")  # relative to plugstack.conf
+    with pytest.raises(Declined):
+        slurm_rpc._Site(_conf(tmp_path, f"PlugStackConfig={plugstack}"))

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ class _Helper:
         self.spawning = asyncio.Lock()
         self.in_flight = 0
         self.last_used = time.monotonic()
+        self.stand_ins_sent: set[str] = set()
+        """The stand-ins whose source this helper has (sent with a first call)."""
         self.home_cgroups = _cgroups_of(self.pid)
         self._loop = asyncio.get_running_loop()
         self._reader = asyncio.ensure_future(self._read_answers())
@@ -209,10 +212,19 @@ class HelperRunner(LocalRunner):
         self._stopping: set[asyncio.Future[None]] = set()
         self._python = shutil.which(_HELPER_PYTHON) or sys.executable
         self._source = Path(userhelper.__file__).read_text()
-        self._stand_ins: dict[str, str] = {}
+        self._stand_ins: dict[str, tuple[str, str]] = {}
+        """program -> (the stand-in's name, its source: read here, as root, once)"""
 
     def take_stand_ins(self, stand_ins: Mapping[str, str]) -> bool:
-        self._stand_ins = dict(stand_ins)
+        self._stand_ins = {
+            program: (path, Path(path).read_text()) for program, path in stand_ins.items()
+        }
+        if self._stand_ins and not self._usable():
+            log.warning(
+                "%s are not answered in helpers on this host (no usable cgroups, or not "
+                "root): the programs themselves run",
+                ", ".join(self._stand_ins),
+            )
         return True
 
     @classmethod
@@ -415,11 +427,15 @@ class HelperRunner(LocalRunner):
         try:
             stand_in = self._stand_ins.get(argv[0])
             if stand_in is not None and helper.memory_limit == limits.max_memory_bytes:
+                started = time.monotonic()
                 answered = await self._answer_in(
                     helper, stand_in, [program, *argv[1:]], environment, workdir, limits
                 )
                 if answered is not None:
                     return answered
+                # declined: the program runs in what is left of the action's time
+                spent = time.monotonic() - started
+                limits = replace(limits, timeout=max(limits.timeout - spent, 0.1))
             return await self._run_in(
                 helper, account, program, argv, environment, workdir, limits, stdin
             )
@@ -430,7 +446,7 @@ class HelperRunner(LocalRunner):
     async def _answer_in(
         self,
         helper: _Helper,
-        stand_in: str,
+        stand_in: tuple[str, str],
         argv: list[str],
         environment: dict[str, str],
         workdir: str,
@@ -439,13 +455,24 @@ class HelperRunner(LocalRunner):
         """``argv``'s outcome from its stand-in in the helper, or None when the program
         itself must run. No process is started, so there is nothing to contain; the
         action's environment carries no marker (nothing is left to find)."""
-        message = {"op": "call", "module": stand_in, "argv": argv, "env": environment}
-        message["cwd"] = workdir
+        name, source = stand_in
+        message: dict[str, Any] = {"op": "call", "module": name, "argv": argv}
+        message |= {"env": environment, "cwd": workdir}
+        if name not in helper.stand_ins_sent:
+            message["source"] = source
         try:
             async with asyncio.timeout(limits.timeout):
                 answer = await helper.request(message)
         except TimeoutError:
-            raise timed_out(argv, limits) from None  # the call may still complete: 504
+            # Like a program killed at its limit: the call must not reach the scheduler
+            # later (a retry would find nothing yet and submit again), so the helper
+            # goes, its thread with it. Whatever reached the scheduler before stays: 504.
+            await helper.stop()
+            raise timed_out(argv, limits) from None
+        except HelperGone as exc:
+            raise Unavailable(f"{argv[0]} could not be answered: {exc}") from None
+        if answer.get("loaded"):
+            helper.stand_ins_sent.add(name)
         if answer.get("declined"):
             return None
         if "errno" in answer:

@@ -8,11 +8,14 @@ one end of a socket pair, and from then on asks it to
 * start a program (``spawn``): ``posix_spawn`` (a vfork: cheap, since no ids change) with
   the three pipe ends the gateway sent along (``SCM_RIGHTS``), in a new session, and
   report its pid at once and its exit status when it ends (watched through a pidfd);
-* answer a program in its own process (``call``): a *stand-in* module, loaded by path,
-  whose ``run(argv, env, cwd)`` returns the program's exit status and output, or None
-  when the program itself must run (see :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`).
-  Calls run on threads of their own (at most ``MAX_CALLS`` at once), so a slow one never
-  holds up the other requests.
+* answer a program in its own process (``call``): a *stand-in* module, whose source the
+  gateway sends with its first call (it is never read from a path the user could
+  influence), and whose ``run(argv, env, cwd)`` returns the program's exit status and
+  output, or None when the program itself must run (see
+  :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`). Each call runs on a thread of its
+  own that ends with it (at most ``MAX_CALLS`` at once; past that the call is refused),
+  so a slow one never holds up the other requests, and no idle thread is moved into an
+  action's cgroups with the helper.
 
 It never decides anything: every path and argument vector comes from the gateway, which
 also places it in the action's cgroups for the instant of each spawn (see
@@ -25,7 +28,6 @@ Frames, both ways: 4-byte big-endian JSON length, 4-byte payload length, JSON, p
 from __future__ import annotations
 
 import array
-import importlib.util
 import json
 import os
 import selectors
@@ -34,7 +36,6 @@ import stat
 import struct
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 FRAME = struct.Struct("!II")
@@ -42,6 +43,7 @@ MAX_FDS = 3
 MAX_CALLS = 8
 _sending = threading.Lock()
 _loading = threading.Lock()
+_calls = threading.BoundedSemaphore(MAX_CALLS)
 _stand_ins: dict[str, ModuleType] = {}
 
 
@@ -78,33 +80,49 @@ def _send(sock: socket.socket, message: dict[str, object]) -> None:
         sock.sendall(FRAME.pack(len(body), 0) + body)
 
 
-def _stand_in(path: str) -> ModuleType:
+def _stand_in(name: str, source: object) -> ModuleType:
+    """The stand-in ``name``, made from ``source`` the first time (after that the gateway
+    sends none)."""
     with _loading:
-        module = _stand_ins.get(path)
+        module = _stand_ins.get(name)
         if module is None:
-            spec = importlib.util.spec_from_file_location(f"_stand_in_{len(_stand_ins)}", path)
-            if spec is None or spec.loader is None:
-                raise OSError(0, f"cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            _stand_ins[path] = module
+            if not isinstance(source, str):
+                raise OSError(0, f"the stand-in {name} was never sent")
+            module = ModuleType(f"_stand_in_{len(_stand_ins)}")
+            exec(compile(source, name, "exec"), module.__dict__)
+            _stand_ins[name] = module
         return module
 
 
 def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
-    """Answer a program through its stand-in (on a thread of the pool)."""
-    argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
-    environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
+    """Answer a program through its stand-in (on a thread of its own)."""
     try:
-        outcome = _stand_in(str(message["module"])).run(argv, environment, str(message["cwd"]))
+        argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
+        environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
+        module = _stand_in(str(message["module"]), message.get("source"))
+        outcome = module.run(argv, environment, str(message["cwd"]))
     except Exception as exc:  # a stand-in's own failure: whether it sent anything is unknown
         _send(sock, {"id": request, "errno": 0, "reason": repr(exc), "stage": "call"})
         return
+    finally:
+        _calls.release()
+    answer: dict[str, object] = {"id": request, "loaded": True}  # its source is here now
     if outcome is None:
-        _send(sock, {"id": request, "declined": True})
+        answer["declined"] = True
     else:
-        status, stdout, stderr = outcome
-        _send(sock, {"id": request, "status": status, "stdout": stdout, "stderr": stderr})
+        answer["status"], answer["stdout"], answer["stderr"] = outcome
+    _send(sock, answer)
+
+
+def _start_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
+    if not _calls.acquire(blocking=False):
+        _send(sock, {"id": request, "declined": True})  # busy: the program itself runs
+        return
+    try:
+        threading.Thread(target=_call, args=(sock, request, message), daemon=True).start()
+    except RuntimeError:  # no thread (memory): the program itself runs
+        _calls.release()
+        _send(sock, {"id": request, "declined": True})
 
 
 def _failure(request: int, exc: OSError) -> dict[str, object]:
@@ -152,7 +170,6 @@ def serve(sock: socket.socket) -> None:
     watched = selectors.DefaultSelector()
     watched.register(sock, selectors.EVENT_READ)
     children: dict[int, int] = {}  # pidfd -> pid
-    calls = ThreadPoolExecutor(MAX_CALLS, thread_name_prefix="call")
     while True:
         for key, _ in watched.select():
             if key.fileobj is not sock:
@@ -173,7 +190,7 @@ def serve(sock: socket.socket) -> None:
                     _write(str(message["path"]), payload)
                     _send(sock, {"id": request})
                 elif message["op"] == "call":
-                    calls.submit(_call, sock, request, message)
+                    _start_call(sock, request, message)
                 elif message["op"] == "spawn":
                     pid = _spawn(message, fds)
                     pidfd = os.pidfd_open(pid)

@@ -121,7 +121,8 @@ class Scheduler(ABC):
         of a standard-library module whose ``run(argv, env, cwd)`` returns what the
         program would have ended with, ``(status, stdout, stderr)``, or None when the
         program itself must run (see :meth:`hpcgate.runners.base.Runner.take_stand_ins`).
-        None by default."""
+        The runner reads each module once and hands its source to the user's process.
+        None by default (an empty mapping)."""
         return {}
 
     @abstractmethod

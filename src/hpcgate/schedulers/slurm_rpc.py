@@ -239,17 +239,24 @@ CONNECT_FAILURE = 1001
 """SLURM_COMMUNICATIONS_CONNECTION_ERROR: no controller could be reached, nothing was sent."""
 
 
+EAGAIN = 11
+PROTOCOL_VERSION_ERROR = 1005
+
+
 def refused(error: int) -> bool:
-    """Whether ``error`` is a controller's answer (``ESLURM_*``, from 2000 on; 5000-5999
-    are the socket's own), so that certainly no job was made. The controller's
+    """Whether ``error`` certainly made no job: a controller's answer (``ESLURM_*``, from
+    2000 on; 5000-5999 are the socket's own), EAGAIN (the controller is full: sbatch
+    retries), or a protocol version the controller does not speak. The controller's
     explanation, if any, reached only libslurm's log: such a submit is left to sbatch,
     which prints it (and retries the errors it retries)."""
-    return error >= 2000 and not 5000 <= error < 6000
+    return error in (EAGAIN, PROTOCOL_VERSION_ERROR) or (error >= 2000 and not 5000 <= error < 6000)
 
 
 TRANSLATED = (b"#PBS", b"#BSUB")
 """Other schedulers' directives, which sbatch translates: left to it wherever they appear."""
 INPUT_PREFIXES = ("SBATCH_", "SLURM_", "SPANK_")
+ENV_NAME_MAX, ENV_VALUE_MAX = 256, 256 * 1024
+"""``env_array_merge`` drops a variable whose name or value (with its NUL) exceeds these."""
 
 Outcome = tuple[int, str, str]
 """What sbatch would have ended with: exit status, standard output, standard error."""
@@ -301,6 +308,8 @@ class _Request:
         rest = list(words)
         if not rest or not self.parsable:
             raise Declined("no script, or not --parsable")
+        if ":" in argv:
+            raise Declined("a ':' (sbatch drops it: a heterogeneous job's separator)")
         self.script, self.script_args = rest[0], rest[1:]
         self.command_line = options
 
@@ -329,7 +338,20 @@ class _Request:
                     raise Declined(f"{word} without its argument")
                 value = words[index]
             self.values[name] = value
+            self._check(name)  # sbatch exits on a bad value wherever it is, even overridden
             index += 1
+
+    def _check(self, name: str) -> None:
+        if name in ("ntasks", "nodes"):
+            self.number(name)
+        elif name == "time":
+            self.minutes()
+        elif name == "mem":
+            self.megabytes()
+        elif name == "begin":
+            self.begin(0.0)
+        else:
+            self.text(name)
 
     def number(self, name: str) -> int | None:
         value = self.values.get(name)
@@ -345,14 +367,21 @@ class _Request:
             raise Declined(f"an empty --{name}")
         return value
 
-    def minutes(self) -> int | None:
-        """``time_str2mins``: minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S, rounded up."""
-        value = self.values.get("time")
+    def _matched(self, name: str, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        """Option ``name``'s value matched whole by ``pattern``; None when not given."""
+        value = self.values.get(name)
         if value is None:
             return None
-        found = _TIME.fullmatch(value)
+        found = pattern.fullmatch(value)
         if found is None:
-            raise Declined(f"--time={value}")
+            raise Declined(f"--{name}={value}")
+        return found
+
+    def minutes(self) -> int | None:
+        """``time_str2mins``: minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S, rounded up."""
+        found = self._matched("time", _TIME)
+        if found is None:
+            return None
         days, first, second, third = (int(part or 0) for part in found.groups())
         if found.group(1) is not None:
             seconds = days * 86400 + first * 3600 + second * 60 + third
@@ -361,30 +390,27 @@ class _Request:
         else:
             seconds = first * 60 + second
         if not 0 < seconds <= INT_MAX - 59:
-            raise Declined(f"--time={value}")  # 0 means no limit: left to sbatch
+            raise Declined(f"--time={found.string}")  # 0 means no limit: left to sbatch
         return (seconds + 59) // 60
 
     def megabytes(self) -> int | None:
-        value = self.values.get("mem")
-        if value is None:
-            return None
-        found = _MEMORY.fullmatch(value)
+        """``str_to_mbytes``: megabytes, or a K, M, G or T unit (kilobytes rounded up)."""
+        found = self._matched("mem", _MEMORY)
         if found is None:
-            raise Declined(f"--mem={value}")
+            return None
         amount, unit = int(found.group(1)), found.group(2).upper()
         if unit == "K":
             return (amount + 1023) // 1024
         return amount * {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
 
     def begin(self, now: float) -> int | None:
-        value = self.values.get("begin")
-        if value is None:
-            return None
-        found = _BEGIN.fullmatch(value)
+        """``parse_time`` of ``now+N[unit]`` (seconds by default), the only form taken."""
+        found = self._matched("begin", _BEGIN)
         if found is None:
-            raise Declined(f"--begin={value}")
+            return None
         unit = (found.group(2) or "second").lower().removesuffix("s")
-        return int(now) + int(found.group(1)) * _UNITS[unit]
+        later = time.localtime(int(now) + int(found.group(1)) * _UNITS[unit])
+        return int(time.mktime((*later[:8], -1)))  # as slurm_mktime: isdst unknown
 
 
 def directives(script: str) -> list[str]:
@@ -394,9 +420,7 @@ def directives(script: str) -> list[str]:
     words: list[str] = []
     for line in script.split("\n"):
         if line.startswith("#SBATCH"):
-            rest = line[len("#SBATCH") :].lstrip(_SPACE)
-            if re.match(r"(?i)(hetjob|packjob)([ \t\n\v\f\r]|$)", rest) or rest.startswith(":"):
-                raise Declined("a heterogeneous job")
+            rest = line[len("#SBATCH") :]
             words += _words(rest)
         elif line.startswith("#SLURM"):
             raise Declined("an #SLURM directive")
@@ -406,6 +430,7 @@ def directives(script: str) -> list[str]:
 
 
 _SPACE = " \t\n\v\f\r"
+_COMPONENT = re.compile(r"(?i)(hetjob|packjob)([ \t\n\v\f\r]|$)")
 
 
 def _words(line: str) -> list[str]:
@@ -417,6 +442,8 @@ def _words(line: str) -> list[str]:
             position += 1
         if position == len(line):
             return words
+        if _COMPONENT.match(line, position) or line[position] == ":":
+            raise Declined("a heterogeneous job's separator in a directive")
         word: list[str] = []
         quote = ""
         escaped = False
@@ -451,6 +478,7 @@ class _Site:
     """What of the site's configuration changes sbatch's request (read once per path)."""
 
     def __init__(self, conf: str) -> None:
+        self.path = conf
         settings = _settings(conf)
         if settings.get("clifilterplugins"):
             raise Declined("CliFilterPlugins")
@@ -472,7 +500,7 @@ def _settings(path: str) -> dict[str, str]:
                 raise Declined("an Include in slurm.conf")
             for word in words:
                 key, _, value = word.partition("=")
-                settings.setdefault(key.lower(), value)
+                settings[key.lower()] = value  # the last one wins, as in Slurm
     return settings
 
 
@@ -488,9 +516,9 @@ def _has_spank_plugins(path: str, depth: int = 0) -> bool:
             continue
         if words[0].lower() != "include" or depth > 4:
             return True
-        if any(
-            _has_spank_plugins(found, depth + 1) for word in words[1:] for found in glob.glob(word)
-        ):
+        here = os.path.dirname(path)  # an include is relative to its file
+        included = [found for word in words[1:] for found in glob.glob(os.path.join(here, word))]
+        if any(_has_spank_plugins(found, depth + 1) for found in included):
             return True
     return False
 
@@ -539,6 +567,11 @@ def describe(
     request = _Request(argv)
     if any(key.startswith(INPUT_PREFIXES) for key in env if key != "SLURM_CONF"):
         raise Declined("sbatch input variables in the environment")
+    if any(
+        len(os.fsencode(key)) >= ENV_NAME_MAX or len(os.fsencode(value)) >= ENV_VALUE_MAX
+        for key, value in env.items()
+    ):
+        raise Declined("a variable sbatch would leave out of the job's environment")
     if env.get("SLURM_CONF", conf) != conf:
         raise Declined("another SLURM_CONF")
     if not request.script.startswith("/"):
@@ -567,7 +600,7 @@ def describe(
 
     environment = dict(env)
     if "SLURM_CONF" not in environment:
-        environment["SLURM_CONF"] = conf or DEFAULT_CONF
+        environment["SLURM_CONF"] = site.path
     environment["SLURM_JOB_NAME"] = name
     for limit in site.rlimits:
         environment[f"SLURM_RLIMIT_{limit}"] = str(_rlimit(limit))
@@ -631,8 +664,14 @@ class _Library:
         self.lib.slurm_strerror.restype = c_char_p
         self.lib.slurm_free_submit_response_response_msg.argtypes = [POINTER(SubmitResponse)]
         self.lib.slurm_init(conf.encode() if conf else None)
+        # the file libslurm read, which it exports as sbatch's own start-up does
+        libc = ctypes.CDLL(None)
+        libc.getenv.argtypes = [c_char_p]
+        libc.getenv.restype = c_char_p
+        exported = libc.getenv(b"SLURM_CONF")
+        path = os.fsdecode(exported) if exported else conf or DEFAULT_CONF
         try:
-            self.site: _Site | Declined = _Site(conf or DEFAULT_CONF)
+            self.site: _Site | Declined = _Site(path)
         except (Declined, OSError) as refused:
             self.site = Declined(str(refused))
 
@@ -643,19 +682,21 @@ class _Library:
         self.lib.slurm_init_job_desc_msg(byref(desc))
         return desc, fill(desc, fields)
 
-    def submit(self, fields: dict[str, object], program: str) -> Outcome:
-        desc, _alive = self.descriptor(fields)
+    def submit(self, desc: JobDescriptor, program: str) -> Outcome | None:
+        """Send ``desc``; sbatch's outcome, or None when the controller certainly made
+        nothing and sbatch is to run (it says why, and retries what it retries)."""
         response = POINTER(SubmitResponse)()
-        if self.lib.slurm_submit_batch_job(byref(desc), byref(response)) < 0:
+        failed = self.lib.slurm_submit_batch_job(byref(desc), byref(response)) < 0
+        if failed or not response:  # no answer to read: sbatch says "failed" as well
             error = self.lib.slurm_get_errno()
-            if refused(error):
-                raise Declined("refused by the controller: sbatch tells why")
+            if failed and refused(error):
+                return None
             reason = (self.lib.slurm_strerror(error) or b"").decode(errors="replace")
             return 1, "", f"{program}: error: Batch job submission failed: {reason}\n"
         try:
             answer = response.contents
             told = (answer.job_submit_user_msg or b"").decode(errors="replace")
-            said = "".join(f"{program}: {line}\n" for line in told.splitlines())
+            said = "".join(f"{program}: {line}\n" for line in told.split("\n") if line)
             return 0, f"{answer.job_id}\n", said
         finally:
             self.lib.slurm_free_submit_response_response_msg(response)
@@ -712,6 +753,11 @@ def run(argv: list[str], env: dict[str, str], cwd: str) -> Outcome | None:
         if isinstance(library.site, Declined):
             return None
         fields, _ = describe(argv, env, cwd, library.site, library.conf)
-        return library.submit(fields, os.path.basename(argv[0]))
+        desc, alive = library.descriptor(fields)
     except (Declined, OSError):
-        return None
+        return None  # nothing was sent
+    # from here on the request may have reached the controller: never declined but for
+    # a refusal, and anything unexpected is the caller's "unknown outcome"
+    outcome = library.submit(desc, os.path.basename(argv[0]))
+    del alive
+    return outcome
