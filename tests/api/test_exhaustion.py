@@ -440,8 +440,8 @@ def refused_upload_head(gateway: Server) -> bytes:
 
 
 def test_an_answer_before_the_body_tells_the_client_the_connection_ends(gateway: Server) -> None:
+    head = refused_upload_head(gateway)  # logs in: before the connection, not on its clock
     with connect(gateway) as sock:
-        head = refused_upload_head(gateway)
         send_until_answered(sock, head, repeated(b"a" * 65536, 8 * MiB))
         answer = read_answer(sock)
         assert envelope_error(answer, 412)
@@ -456,8 +456,8 @@ def test_a_client_that_sends_its_whole_body_anyway_still_reads_the_early_answer(
     # The gateway drains what is still coming before it closes: closing with unread data
     # would send a reset, which can destroy the answer before the client reads it.
     failures: list[BaseException] = []
+    head = refused_upload_head(gateway)  # logs in: before the connection, not on its clock
     with connect(gateway) as sock:
-        head = refused_upload_head(gateway)
 
         def send_everything() -> None:
             try:

