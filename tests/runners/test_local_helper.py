@@ -374,3 +374,17 @@ def test_a_stand_in_that_fails_or_hangs_is_an_error_and_never_answers_late(
         assert stand_in.helpers[alice.uid] != stuck
 
     asyncio.run(scenario())
+
+
+def test_many_calls_at_once_are_each_answered(stand_in: HelperRunner, alice: UnixAccount) -> None:
+    # more than the socket holds at once (each call carries 16 KiB), and more than the
+    # call threads: every frame must arrive whole and every call get its own answer
+    async def scenario() -> None:
+        words = [f"{n}-{'x' * 16384}" for n in range(400)]
+        done = await asyncio.gather(
+            *(stand_in.run(alice, ["echo", word], limits=LIMITS) for word in words)
+        )
+        assert [result.stdout.split()[-1] for result in done] == words
+        assert {result.returncode for result in done} == {3}
+
+    asyncio.run(scenario())

@@ -92,6 +92,7 @@ class _Helper:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._numbers = 0
         self.spawning = asyncio.Lock()
+        self._sending = asyncio.Lock()
         self.in_flight = 0
         self.last_used = time.monotonic()
         self.stand_ins_sent: set[str] = set()
@@ -124,15 +125,31 @@ class _Helper:
         body = json.dumps(message).encode()
         frame = userhelper.FRAME.pack(len(body), len(payload)) + body
         try:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(_int_array(fds)))]
-            sent = self._sock.sendmsg([frame], ancillary if fds else [])
-            loop = asyncio.get_running_loop()
-            await loop.sock_sendall(self._sock, frame[sent:] + payload)
+            # One frame at a time, each sent whole even if its request is cancelled: a
+            # frame cut or interleaved with another would garble every later one.
+            await asyncio.shield(self._send(frame, payload, fds))
             return await answer
         except OSError as exc:
             raise HelperGone(f"the helper's socket failed: {exc.strerror}") from None
         finally:
             self._requests.pop(message["id"], None)
+
+    async def _send(self, frame: bytes, payload: bytes, fds: Sequence[int]) -> None:
+        loop = asyncio.get_running_loop()
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(_int_array(fds)))]
+        async with self._sending:
+            while True:  # the descriptors go with the frame's first bytes
+                try:
+                    sent = self._sock.sendmsg([frame], ancillary if fds else [])
+                    break
+                except BlockingIOError:  # the helper is behind: wait until it reads
+                    writable = loop.create_future()
+                    loop.add_writer(self._sock.fileno(), writable.set_result, None)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(self._sock.fileno())
+            await loop.sock_sendall(self._sock, frame[sent:] + payload)
 
     def forget(self, pid: int) -> None:
         """Drop what is kept about ``pid`` (its action is over)."""
@@ -458,8 +475,9 @@ class HelperRunner(LocalRunner):
         name, source = stand_in
         message: dict[str, Any] = {"op": "call", "module": name, "argv": argv}
         message |= {"env": environment, "cwd": workdir}
-        if name not in helper.stand_ins_sent:
+        if name not in helper.stand_ins_sent:  # frames arrive in order: once is enough
             message["source"] = source
+            helper.stand_ins_sent.add(name)
         try:
             async with asyncio.timeout(limits.timeout):
                 answer = await helper.request(message)
@@ -471,8 +489,6 @@ class HelperRunner(LocalRunner):
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
             raise Unavailable(f"{argv[0]} could not be answered: {exc}") from None
-        if answer.get("loaded"):
-            helper.stand_ins_sent.add(name)
         if answer.get("declined"):
             return None
         if "errno" in answer:

@@ -12,10 +12,10 @@ one end of a socket pair, and from then on asks it to
   gateway sends with its first call (it is never read from a path the user could
   influence), and whose ``run(argv, env, cwd)`` returns the program's exit status and
   output, or None when the program itself must run (see
-  :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`). Each call runs on a thread of its
-  own that ends with it (at most ``MAX_CALLS`` at once; past that the call is refused),
-  so a slow one never holds up the other requests, and no idle thread is moved into an
-  action's cgroups with the helper.
+  :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`). Calls run on call threads (at
+  most ``MAX_CALLS``, more calls wait their turn), started as calls come and ending when
+  none is left: a slow call never holds up the other requests, and an idle helper has no
+  thread to move into an action's cgroups with it.
 
 It never decides anything: every path and argument vector comes from the gateway, which
 also places it in the action's cgroups for the instant of each spawn (see
@@ -28,6 +28,7 @@ Frames, both ways: 4-byte big-endian JSON length, 4-byte payload length, JSON, p
 from __future__ import annotations
 
 import array
+import collections
 import json
 import os
 import selectors
@@ -42,8 +43,9 @@ FRAME = struct.Struct("!II")
 MAX_FDS = 3
 MAX_CALLS = 8
 _sending = threading.Lock()
-_loading = threading.Lock()
-_calls = threading.BoundedSemaphore(MAX_CALLS)
+_queue_lock = threading.Lock()
+_queued: collections.deque[tuple[socket.socket, int, dict[str, object]]] = collections.deque()
+_workers = 0
 _stand_ins: dict[str, ModuleType] = {}
 
 
@@ -80,18 +82,13 @@ def _send(sock: socket.socket, message: dict[str, object]) -> None:
         sock.sendall(FRAME.pack(len(body), 0) + body)
 
 
-def _stand_in(name: str, source: object) -> ModuleType:
-    """The stand-in ``name``, made from ``source`` the first time (after that the gateway
-    sends none)."""
-    with _loading:
-        module = _stand_ins.get(name)
-        if module is None:
-            if not isinstance(source, str):
-                raise OSError(0, f"the stand-in {name} was never sent")
-            module = ModuleType(f"_stand_in_{len(_stand_ins)}")
-            exec(compile(source, name, "exec"), module.__dict__)
-            _stand_ins[name] = module
-        return module
+def _load(name: str, source: str) -> None:
+    """Make the stand-in ``name`` from ``source`` (sent with its first call, and loaded
+    before that call is queued, so every later call finds it)."""
+    if name not in _stand_ins:
+        module = ModuleType(f"_stand_in_{len(_stand_ins)}")
+        exec(compile(source, name, "exec"), module.__dict__)
+        _stand_ins[name] = module
 
 
 def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
@@ -99,14 +96,14 @@ def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None
     try:
         argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
         environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
-        module = _stand_in(str(message["module"]), message.get("source"))
+        module = _stand_ins.get(str(message["module"]))
+        if module is None:
+            raise OSError(0, f"the stand-in {message['module']} was never sent")
         outcome = module.run(argv, environment, str(message["cwd"]))
     except Exception as exc:  # a stand-in's own failure: whether it sent anything is unknown
         _send(sock, {"id": request, "errno": 0, "reason": repr(exc), "stage": "call"})
         return
-    finally:
-        _calls.release()
-    answer: dict[str, object] = {"id": request, "loaded": True}  # its source is here now
+    answer: dict[str, object] = {"id": request}
     if outcome is None:
         answer["declined"] = True
     else:
@@ -115,14 +112,35 @@ def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None
 
 
 def _start_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
-    if not _calls.acquire(blocking=False):
-        _send(sock, {"id": request, "declined": True})  # busy: the program itself runs
-        return
+    """Queue a call for the call threads: up to ``MAX_CALLS``, started as calls come and
+    ending when none is left, so an idle helper is one thread."""
+    global _workers
+    with _queue_lock:
+        _queued.append((sock, request, message))
+        if _workers >= MAX_CALLS:
+            return
+        _workers += 1
     try:
-        threading.Thread(target=_call, args=(sock, request, message), daemon=True).start()
-    except RuntimeError:  # no thread (memory): the program itself runs
-        _calls.release()
-        _send(sock, {"id": request, "declined": True})
+        threading.Thread(target=_work, daemon=True).start()
+    except RuntimeError:  # no thread (memory): with no other to take it, sbatch runs
+        with _queue_lock:
+            _workers -= 1
+            stranded = [] if _workers else list(_queued)
+            if stranded:
+                _queued.clear()
+        for _, number, _ in stranded:
+            _send(sock, {"id": number, "declined": True})
+
+
+def _work() -> None:
+    global _workers
+    while True:
+        with _queue_lock:
+            if not _queued:
+                _workers -= 1
+                return
+            sock, request, message = _queued.popleft()
+        _call(sock, request, message)
 
 
 def _failure(request: int, exc: OSError) -> dict[str, object]:
@@ -190,7 +208,13 @@ def serve(sock: socket.socket) -> None:
                     _write(str(message["path"]), payload)
                     _send(sock, {"id": request})
                 elif message["op"] == "call":
-                    _start_call(sock, request, message)
+                    try:
+                        if "source" in message:
+                            _load(str(message["module"]), str(message.pop("source")))
+                    except Exception as exc:  # the stand-in does not load: an error
+                        _send(sock, {"id": request, "errno": 0, "reason": repr(exc)})
+                    else:
+                        _start_call(sock, request, message)
                 elif message["op"] == "spawn":
                     pid = _spawn(message, fds)
                     pidfd = os.pidfd_open(pid)
