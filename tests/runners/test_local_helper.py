@@ -315,6 +315,8 @@ def run(argv, env, cwd):
         raise RuntimeError("broken stand-in")
     if argv[1] == "slow":
         time.sleep(float(argv[2]))
+        if len(argv) > 3:
+            open(argv[3], "w").close()
     return 3, f"{os.getuid()} {cwd} {env['HOME']} {' '.join(argv[1:])}\\n", "said\\n"
 """
 
@@ -388,3 +390,57 @@ def test_many_calls_at_once_are_each_answered(stand_in: HelperRunner, alice: Uni
         assert {result.returncode for result in done} == {3}
 
     asyncio.run(scenario())
+
+
+def test_an_abandoned_call_never_completes_later(
+    stand_in: HelperRunner, alice: UnixAccount, public_dir: Path
+) -> None:
+    # a keyed submit cut at its attempt limit, or whose client went away, must not reach
+    # the scheduler afterwards: its retry could find nothing yet and submit again
+    late = public_dir / "late"
+    late.mkdir(mode=0o777)
+    late.chmod(0o777)
+
+    async def scenario() -> None:
+        await stand_in.run(alice, ["true"], limits=LIMITS)
+        helper = stand_in.helpers[alice.uid]
+        argv = ["echo", "slow", "1.5", str(late / "done")]
+        call = asyncio.ensure_future(stand_in.run(alice, argv, limits=LIMITS))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert _gone(helper), "the helper went with its call"
+        await asyncio.sleep(2)
+
+    asyncio.run(scenario())
+    assert not (late / "done").exists(), "the abandoned call completed"
+
+
+def test_a_helper_stopped_while_its_socket_is_full_leaves_nothing_waiting(
+    stand_in: HelperRunner, alice: UnixAccount
+) -> None:
+    async def scenario() -> None:
+        await stand_in.run(alice, ["true"], limits=LIMITS)
+        (helper,) = stand_in._helpers.values()
+        os.kill(helper.pid, signal.SIGSTOP)  # it reads nothing: the socket fills up
+        loop = asyncio.get_running_loop()
+        sock = helper._sock.fileno()
+        data = b"x" * (1 << 20)
+        writes = [
+            asyncio.ensure_future(
+                stand_in.write_file(alice, f"{alice.home}/full-{n}", data, limits=LIMITS)
+            )
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.3)
+        assert not any(write.done() for write in writes)
+        await asyncio.wait_for(helper.stop(), 5)
+        results = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 5)
+        assert all(isinstance(result, Unavailable) for result in results), results
+        watched = loop._selector.get_map()  # type: ignore[attr-defined]
+        assert sock not in watched, "the event loop still watches the closed socket's number"
+
+    asyncio.run(scenario())
+    for n in range(4):
+        Path(f"{alice.home}/full-{n}").unlink(missing_ok=True)

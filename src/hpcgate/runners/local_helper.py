@@ -93,6 +93,7 @@ class _Helper:
         self._numbers = 0
         self.spawning = asyncio.Lock()
         self._sending = asyncio.Lock()
+        self._sends: set[asyncio.Future[None]] = set()
         self.in_flight = 0
         self.last_used = time.monotonic()
         self.stand_ins_sent: set[str] = set()
@@ -124,32 +125,58 @@ class _Helper:
         self._requests[self._numbers] = answer
         body = json.dumps(message).encode()
         frame = userhelper.FRAME.pack(len(body), len(payload)) + body
+        # One frame at a time, each sent whole even if its request is cancelled (a frame
+        # cut or interleaved with another would garble every later one), so the send may
+        # outlive this call: it sends copies of the descriptors, its own to close.
+        sending = asyncio.ensure_future(self._send(frame, payload, [os.dup(fd) for fd in fds]))
+        self._sends.add(sending)
+        sending.add_done_callback(self._sends.discard)
         try:
-            # One frame at a time, each sent whole even if its request is cancelled: a
-            # frame cut or interleaved with another would garble every later one.
-            await asyncio.shield(self._send(frame, payload, fds))
+            try:
+                await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                if sending.cancelled():  # the helper was stopped, not this request
+                    raise HelperGone("the helper was stopped") from None
+                raise
             return await answer
         except OSError as exc:
             raise HelperGone(f"the helper's socket failed: {exc.strerror}") from None
         finally:
             self._requests.pop(message["id"], None)
 
-    async def _send(self, frame: bytes, payload: bytes, fds: Sequence[int]) -> None:
+    async def _send(self, frame: bytes, payload: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
+        sock = self._sock.fileno()
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(_int_array(fds)))]
-        async with self._sending:
-            while True:  # the descriptors go with the frame's first bytes
-                try:
-                    sent = self._sock.sendmsg([frame], ancillary if fds else [])
-                    break
-                except BlockingIOError:  # the helper is behind: wait until it reads
-                    writable = loop.create_future()
-                    loop.add_writer(self._sock.fileno(), writable.set_result, None)
-                    try:
-                        await writable
-                    finally:
-                        loop.remove_writer(self._sock.fileno())
-            await loop.sock_sendall(self._sock, frame[sent:] + payload)
+        try:
+            async with self._sending:
+                sent: int | None = None
+                while sent is None:  # the descriptors go with the frame's first bytes
+                    with contextlib.suppress(BlockingIOError):
+                        sent = self._sock.sendmsg([frame], ancillary if fds else [])
+                    if sent is None:  # the helper is behind: wait until it reads
+                        await self._writable(sock)
+                await loop.sock_sendall(self._sock, frame[sent:] + payload)
+        finally:
+            for copy in fds:
+                os.close(copy)
+
+    async def _writable(self, sock: int) -> None:
+        """Wait until the socket takes more, or the helper has gone (HelperGone)."""
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock, ready)
+        try:
+            await asyncio.wait({writable, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_writer(sock)
+        if self._reader.done():
+            raise HelperGone("the helper has exited")
 
     def forget(self, pid: int) -> None:
         """Drop what is kept about ``pid`` (its action is over)."""
@@ -196,13 +223,20 @@ class _Helper:
             waiting.set_result(message)
 
     async def stop(self) -> None:
-        """Stop the helper (the programs it started belong to their actions' scopes)."""
+        """Stop the helper (the programs it started belong to their actions' scopes).
+
+        Whatever waits on its socket is ended before the socket is closed: a descriptor
+        number the event loop still watched could be another action's next."""
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        self._sock.close()
-        await self.process.wait()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+        sends = list(self._sends)
+        for sending in sends:
+            sending.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        self._sock.close()
+        await self.process.wait()
 
 
 class HelperRunner(LocalRunner):
@@ -412,6 +446,8 @@ class HelperRunner(LocalRunner):
         except TimeoutError:
             await helper.stop()  # stuck in the file system: it must not take more requests
             raise TimedOut(f"writing {path} did not finish within {limits.timeout:g} s") from None
+        except HelperGone as exc:
+            raise Unavailable(f"the helper writing {path} exited ({exc}); try again") from None
         finally:
             helper.in_flight -= 1
             helper.last_used = time.monotonic()
@@ -456,6 +492,8 @@ class HelperRunner(LocalRunner):
             return await self._run_in(
                 helper, account, program, argv, environment, workdir, limits, stdin
             )
+        except HelperGone as exc:
+            raise Unavailable(f"the helper running {argv[0]} exited ({exc}); try again") from None
         finally:
             helper.in_flight -= 1
             helper.last_used = time.monotonic()
@@ -488,10 +526,17 @@ class HelperRunner(LocalRunner):
             await helper.stop()
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
-            raise Unavailable(f"{argv[0]} could not be answered: {exc}") from None
+            helper.stand_ins_sent.discard(name)
+            raise Unavailable(f"the outcome of {argv[0]} is unknown: {exc}") from None
+        except BaseException:
+            # cut (a keyed submit's attempt limit) or its client gone: as a killed
+            # program, it must not complete later either
+            await asyncio.shield(helper.stop())
+            raise
         if answer.get("declined"):
             return None
         if "errno" in answer:
+            helper.stand_ins_sent.discard(name)  # if it did not load, the next call resends it
             raise Unavailable(f"{argv[0]} failed in the user's helper: {answer['reason']}")
         metrics.STAND_IN_CALLS.inc()
         return Completed(
@@ -525,10 +570,10 @@ class HelperRunner(LocalRunner):
         try:
             answer = await asyncio.shield(spawning)
         except BaseException:
-            await asyncio.gather(spawning, return_exceptions=True)
+            await _finished(spawning)  # the program, if any, is in the scope: then kill it
             for fd in (stdin_write, stdout_read, stderr_read):
                 os.close(fd)
-            await scope.kill()
+            await asyncio.shield(scope.kill())
             raise
         finally:
             for fd in theirs:
@@ -625,6 +670,14 @@ class HelperRunner(LocalRunner):
             stdout=out.decode("utf-8", errors="replace"),
             stderr=err.decode("utf-8", errors="replace"),
         )
+
+
+async def _finished(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` has ended, however often the waiter is cancelled meanwhile
+    (the caller re-raises what stopped it)."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
 
 
 def _spawn_error(

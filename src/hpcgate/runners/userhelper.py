@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import json
 import os
 import selectors
@@ -92,7 +93,8 @@ def _load(name: str, source: str) -> None:
 
 
 def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
-    """Answer a program through its stand-in (on a thread of its own)."""
+    """Answer a program through its stand-in (on a call thread)."""
+    answer: dict[str, object] = {"id": request}
     try:
         argv = [str(word) for word in message["argv"]]  # type: ignore[attr-defined]
         environment = {str(k): str(v) for k, v in message["env"].items()}  # type: ignore[attr-defined]
@@ -100,14 +102,13 @@ def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None
         if module is None:
             raise OSError(0, f"the stand-in {message['module']} was never sent")
         outcome = module.run(argv, environment, str(message["cwd"]))
+        if outcome is None:
+            answer["declined"] = True
+        else:
+            status, stdout, stderr = outcome
+            answer |= {"status": int(status), "stdout": str(stdout), "stderr": str(stderr)}
     except Exception as exc:  # a stand-in's own failure: whether it sent anything is unknown
-        _send(sock, {"id": request, "errno": 0, "reason": repr(exc), "stage": "call"})
-        return
-    answer: dict[str, object] = {"id": request}
-    if outcome is None:
-        answer["declined"] = True
-    else:
-        answer["status"], answer["stdout"], answer["stderr"] = outcome
+        answer = {"id": request, "errno": 0, "reason": repr(exc), "stage": "call"}
     _send(sock, answer)
 
 
@@ -140,7 +141,8 @@ def _work() -> None:
                 _workers -= 1
                 return
             sock, request, message = _queued.popleft()
-        _call(sock, request, message)
+        with contextlib.suppress(OSError):  # the gateway's end is gone: the helper ends
+            _call(sock, request, message)
 
 
 def _failure(request: int, exc: OSError) -> dict[str, object]:
