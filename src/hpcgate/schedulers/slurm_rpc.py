@@ -3,8 +3,8 @@ process of the user's, exactly as ``sbatch`` would submit it.
 
 A submit through ``sbatch`` costs a process and sbatch's start-up (reading the
 configuration, loading plug-ins: ~4 ms of its ~5), where the request itself is one RPC to
-slurmctld. A user's helper (:mod:`hpcgate.runners.userhelper`) loads this module by path
-and answers the argument vector the Slurm scheduler builds
+slurmctld. A user's helper (:mod:`hpcgate.runners.userhelper`) runs this module's source,
+which the gateway sends it, and answers the argument vector the Slurm scheduler builds
 (:meth:`hpcgate.schedulers.slurm.Slurm.submit_argv`) in its own process: the same job
 description, the same output and exit status as sbatch's.
 
