@@ -523,7 +523,7 @@ class HelperRunner(LocalRunner):
             # Like a program killed at its limit: the call must not reach the scheduler
             # later (a retry would find nothing yet and submit again), so the helper
             # goes, its thread with it. Whatever reached the scheduler before stays: 504.
-            await helper.stop()
+            await asyncio.shield(helper.stop())
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
             helper.stand_ins_sent.discard(name)
