@@ -43,10 +43,6 @@ checks.positive_data_acceptance.enabled = false
 """
 
 
-# Alone: with other tests' jobs ending all the time, records are always on their way to
-# slurmdbd, and a gateway rightly answers an unknown job 503 "accounting is catching up"
-# (never a possibly wrong 404), which schemathesis counts as a server error.
-@pytest.mark.serial
 def test_schemathesis_finds_nothing(fuzzed: Server, tmp_path: Path) -> None:
     local_server = fuzzed
     schemathesis = str(Path(sys.executable).parent / "schemathesis")  # the venv's own
