@@ -249,7 +249,11 @@ class EventsConfig(_Section):
 
     enabled: bool = Field(True, description="monitors turn snapshot changes into job events")
     retention: float = Field(7 * 86400, gt=0, description="seconds events are kept")
-    max_per_user: int = Field(10000, ge=10, description="events kept per user (the newest)")
+    max_per_user: int = Field(
+        10000,
+        ge=10,
+        description="events kept per user (the newest; the embedded store trims every 32)",
+    )
     finished_ttl: float = Field(
         7 * 86400, gt=0, description="seconds the final record of an ended job is kept"
     )

@@ -16,6 +16,7 @@ import pytest
 from tests.api.test_errors import (  # noqa: F401
     test_a_missing_jobfile_is_400_with_the_path,
     test_a_partition_slurm_rejects_is_400_with_slurms_message,
+    test_a_script_path_the_user_may_not_write_is_403_with_the_reason,
     test_a_script_without_an_interpreter_line_is_400,
 )
 from tests.api.test_idempotency import (  # noqa: F401

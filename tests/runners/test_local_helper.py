@@ -14,7 +14,7 @@ import pytest
 
 from hpcgate import metrics
 from hpcgate.accounts import UnixAccount
-from hpcgate.errors import TimedOut, Unavailable
+from hpcgate.errors import Forbidden, TimedOut, Unavailable
 from hpcgate.process import Limits
 from hpcgate.runners.local_helper import HelperRunner
 from tests.conftest import wait_for
@@ -313,6 +313,9 @@ def run(argv, env, cwd):
         return None
     if argv[1] == "fail":
         raise RuntimeError("broken stand-in")
+    if argv[1] == "cat":
+        with open(argv[2]) as file:
+            return 0, file.read(), ""
     if argv[1] == "slow":
         time.sleep(float(argv[2]))
         if len(argv) > 3:
@@ -352,6 +355,40 @@ def test_a_stand_in_answers_in_the_helper_as_the_user(
         assert metrics.PROCESSES_SPAWNED._value.get() == before + 1
 
     asyncio.run(scenario())
+
+
+def test_a_write_and_the_call_that_reads_it_are_one_request(
+    stand_in: HelperRunner, alice: UnixAccount
+) -> None:
+    path = f"{alice.home}/helper-then-{os.getpid()}/job.sh"
+    both = {"write_limits": LIMITS, "limits": LIMITS}
+
+    async def scenario() -> None:
+        # the helper's first request: its write fails, so nothing is called and the
+        # stand-in's source, which came with it, is sent again with the next call
+        with pytest.raises(Forbidden, match=r"alice may not write /root/job\.sh: Permission"):
+            await stand_in.write_then_run(
+                alice, "/root/job.sh", b"x", ["echo", "cat", "/root/job.sh"], **both
+            )
+        (helper,) = stand_in._helpers.values()
+        requests, spawned = helper._numbers, metrics.PROCESSES_SPAWNED._value.get()
+        done = await stand_in.write_then_run(
+            alice, path, b"#!/bin/bash\n", ["echo", "cat", path], **both
+        )
+        assert (done.returncode, done.stdout) == (0, "#!/bin/bash\n"), "read what was written"
+        assert helper._numbers == requests + 1, "one request for both"
+        assert metrics.PROCESSES_SPAWNED._value.get() == spawned, "nothing started"
+        # declined: the file is written all the same, then the program runs
+        declined = await stand_in.write_then_run(alice, path, b"2\n", ["echo", "decline"], **both)
+        assert (declined.returncode, declined.stdout) == (0, "decline\n")
+        assert Path(path).read_bytes() == b"2\n"
+        assert Path(path).stat().st_uid == alice.uid
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        Path(path).unlink(missing_ok=True)
+        Path(path).parent.rmdir()
 
 
 def test_a_stand_in_that_fails_or_hangs_is_an_error_and_never_answers_late(

@@ -614,6 +614,14 @@ def test_ended_jobs_any_name_round_trips_and_moves_no_column(name: str) -> None:
     ]  # the second "5" is a repeat: dropped
 
 
+def test_ended_jobs_already_settled_are_left_out_with_their_steps() -> None:
+    argv = slurm.ended_jobs_argv(0.0) or []
+    rows = (erow("5", "a"), esrow("5.batch", "a"), BOB_ENDED, erow("8_2", "b"))
+    settled = slurm.parse_ended_jobs_except(printed(argv, *rows), {"5", "8_2"})
+    assert [[row.id for row in ending.rows] for ending in settled] == [["7"]]
+    assert len(slurm.parse_ended_jobs(printed(argv, *rows))) == 3
+
+
 def test_ended_jobs_names_that_look_like_rows_of_another_user_stay_names() -> None:
     earlier, argv = slurm.ended_jobs_argv(0.0) or [], slurm.ended_jobs_argv(0.0) or []
     names = [

@@ -43,6 +43,17 @@ def test_put_get_expire_and_replace(store: OutputPathStore) -> None:
     asyncio.run(main())
 
 
+def test_many_records_are_put_at_once(store: OutputPathStore) -> None:
+    async def main() -> None:
+        later = OutputRecord(1001, "alice", "/a", "/b", complete=False)
+        await store.put_many("ln3", {"7": RECORD, "8": later}, 60)
+        assert [await store.get("ln3", jobid) for jobid in ("7", "8")] == [RECORD, later]
+        await store.put_many("ln3", {}, 60)
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_sqlite_records_outlive_the_process(tmp_path: Path) -> None:
     async def main() -> None:
         first = SqliteOutputPaths(tmp_path / "s.sqlite")

@@ -100,6 +100,24 @@ class Runner(ABC):
                 raise Forbidden(f"{account.name} may not write {path}: {reason}")
             raise BadRequest(f"cannot write {path}: {reason}")
 
+    async def write_then_run(
+        self,
+        account: UnixAccount,
+        path: str,
+        data: bytes,
+        argv: Sequence[str],
+        *,
+        write_limits: Limits,
+        limits: Limits,
+        cwd: str | None = None,
+    ) -> Completed:
+        """:meth:`write_file` under ``write_limits``, then :meth:`run` of ``argv`` (a
+        program that reads the file, e.g. a job script's submit) under ``limits``; nothing
+        runs when the write fails. A transport may do both in one exchange, timed against
+        the two limits together."""
+        await self.write_file(account, path, data, limits=write_limits)
+        return await self.run(account, argv, limits=limits, cwd=cwd)
+
     # File access (the FILE module). Metadata operations run as programs through
     # ``run`` (the same on every transport; see hpcgate.services.files); these two move
     # the bytes, streamed both ways with back-pressure, as the user. A transport without

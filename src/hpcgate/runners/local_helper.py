@@ -44,12 +44,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hpcgate import metrics
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import ConfigError, MachineConfig
-from hpcgate.errors import BadRequest, Forbidden, TimedOut, Unavailable
+from hpcgate.errors import BadRequest, Forbidden, GatewayError, TimedOut, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits, timed_out
 from hpcgate.runners import userhelper
@@ -68,6 +68,23 @@ HELPER_MIN_ADDRESS_SPACE = 1 << 30
 room); its actions are then each started through prlimit."""
 _Key = tuple[int, int, tuple[int, ...], int | None]
 """A helper's owner (uid, gid, groups) and the address-space limit it was started with."""
+
+
+class _Write(NamedTuple):
+    """A file a helper writes before its call (a job script before its submit)."""
+
+    user: str
+    path: str
+    data: bytes
+    limits: Limits
+
+
+def _write_error(user: str, path: str, answer: Mapping[str, Any]) -> GatewayError:
+    """The error for a helper's failed write (the operating system's reason)."""
+    reason = str(answer["reason"])
+    if answer["errno"] in (errno_codes.EACCES, errno_codes.EPERM, errno_codes.EROFS):
+        return Forbidden(f"{user} may not write {path}: {reason}")
+    return BadRequest(f"cannot write {path}: {reason}")
 
 
 class HelperGone(Exception):
@@ -153,10 +170,11 @@ class _Helper:
                 sent: int | None = None
                 while sent is None:  # the descriptors go with the frame's first bytes
                     with contextlib.suppress(BlockingIOError):
-                        sent = self._sock.sendmsg([frame], ancillary if fds else [])
+                        sent = self._sock.sendmsg([frame, payload], ancillary if fds else [])
                     if sent is None:  # the helper is behind: wait until it reads
                         await self._writable(sock)
-                await loop.sock_sendall(self._sock, frame[sent:] + payload)
+                if sent < len(frame) + len(payload):  # the rest once the helper reads
+                    await loop.sock_sendall(self._sock, (frame + payload)[sent:])
         finally:
             for copy in fds:
                 os.close(copy)
@@ -452,10 +470,7 @@ class HelperRunner(LocalRunner):
             helper.in_flight -= 1
             helper.last_used = time.monotonic()
         if "errno" in answer:
-            reason = str(answer["reason"])
-            if answer["errno"] in (errno_codes.EACCES, errno_codes.EPERM, errno_codes.EROFS):
-                raise Forbidden(f"{account.name} may not write {path}: {reason}")
-            raise BadRequest(f"cannot write {path}: {reason}")
+            raise _write_error(account.name, path, answer)
 
     async def run(
         self,
@@ -466,7 +481,42 @@ class HelperRunner(LocalRunner):
         stdin: bytes | None = None,
         cwd: str | None = None,
     ) -> Completed:
+        return await self._run(account, argv, limits, stdin, cwd)
+
+    async def write_then_run(
+        self,
+        account: UnixAccount,
+        path: str,
+        data: bytes,
+        argv: Sequence[str],
+        *,
+        write_limits: Limits,
+        limits: Limits,
+        cwd: str | None = None,
+    ) -> Completed:
+        """With a stand-in for ``argv[0]``, the write and the call are one request to the
+        helper (a submit's script and its RPC: one exchange instead of two)."""
+        same_helper = write_limits.max_memory_bytes == limits.max_memory_bytes
+        if argv[0] not in self._stand_ins or not same_helper:
+            return await super().write_then_run(
+                account, path, data, argv, write_limits=write_limits, limits=limits, cwd=cwd
+            )
+        write = _Write(account.name, path, data, write_limits)
+        return await self._run(account, argv, limits, None, cwd, write)
+
+    async def _run(
+        self,
+        account: UnixAccount,
+        argv: Sequence[str],
+        limits: Limits,
+        stdin: bytes | None,
+        cwd: str | None,
+        write: _Write | None = None,
+    ) -> Completed:
+        """``run``, after ``write`` if one is given (nothing runs if it fails)."""
         if not self._usable():
+            if write is not None:
+                await super().write_file(account, write.path, write.data, limits=write.limits)
             return await super().run(account, argv, limits=limits, stdin=stdin, cwd=cwd)
         environment = account.environment(self._path) | self._extra_environment
         program = shutil.which(argv[0], path=environment["PATH"])
@@ -474,6 +524,8 @@ class HelperRunner(LocalRunner):
             raise BadRequest(f"{argv[0]}: command not found on this machine")
         helper = await self._helper(account, limits.max_memory_bytes)
         if helper is None:
+            if write is not None:
+                await self.write_file(account, write.path, write.data, limits=write.limits)
             return await super().run(account, argv, limits=limits, stdin=stdin, cwd=cwd)
         workdir = cwd or (account.home if os.path.isdir(account.home) else "/")
         helper.in_flight += 1
@@ -482,13 +534,17 @@ class HelperRunner(LocalRunner):
             if stand_in is not None and helper.memory_limit == limits.max_memory_bytes:
                 started = time.monotonic()
                 answered = await self._answer_in(
-                    helper, stand_in, [program, *argv[1:]], environment, workdir, limits
+                    helper, stand_in, [program, *argv[1:]], environment, workdir, limits, write
                 )
                 if answered is not None:
                     return answered
                 # declined: the program runs in what is left of the action's time
                 spent = time.monotonic() - started
+                if write is not None:
+                    spent = max(spent - write.limits.timeout, 0.0)
                 limits = replace(limits, timeout=max(limits.timeout - spent, 0.1))
+            elif write is not None:
+                await self.write_file(account, write.path, write.data, limits=write.limits)
             return await self._run_in(
                 helper, account, program, argv, environment, workdir, limits, stdin
             )
@@ -506,24 +562,36 @@ class HelperRunner(LocalRunner):
         environment: dict[str, str],
         workdir: str,
         limits: Limits,
+        write: _Write | None = None,
     ) -> Completed | None:
         """``argv``'s outcome from its stand-in in the helper, or None when the program
         itself must run. No process is started, so there is nothing to contain; the
-        action's environment carries no marker (nothing is left to find)."""
+        action's environment carries no marker (nothing is left to find). With
+        ``write``, the helper writes that file first, in the same request, and makes
+        the call only if the write succeeded."""
         name, source = stand_in
         message: dict[str, Any] = {"op": "call", "module": name, "argv": argv}
         message |= {"env": environment, "cwd": workdir}
         if name not in helper.stand_ins_sent:  # frames arrive in order: once is enough
             message["source"] = source
             helper.stand_ins_sent.add(name)
+        payload, timeout = b"", limits.timeout
+        if write is not None:
+            message = {"op": "write", "path": write.path, "then": message}
+            payload, timeout = write.data, timeout + write.limits.timeout
         try:
-            async with asyncio.timeout(limits.timeout):
-                answer = await helper.request(message)
+            async with asyncio.timeout(timeout):
+                answer = await helper.request(message, payload)
         except TimeoutError:
             # Like a program killed at its limit: the call must not reach the scheduler
             # later (a retry would find nothing yet and submit again), so the helper
             # goes, its thread with it. Whatever reached the scheduler before stays: 504.
             await asyncio.shield(helper.stop())
+            if write is not None:
+                raise TimedOut(
+                    f"writing {write.path} and running {argv[0]} did not finish within "
+                    f"{timeout:g} s and were stopped"
+                ) from None
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
             helper.stand_ins_sent.discard(name)
@@ -533,6 +601,10 @@ class HelperRunner(LocalRunner):
             # program, it must not complete later either
             await asyncio.shield(helper.stop())
             raise
+        if answer.get("stage") == "write":  # nothing was called, nor its source loaded
+            helper.stand_ins_sent.discard(name)
+            assert write is not None
+            raise _write_error(write.user, write.path, answer)
         if answer.get("declined"):
             return None
         if "errno" in answer:

@@ -4,7 +4,9 @@ The gateway starts it through the local runner's own identity switch (``chroot
 --userspec``, so it has the user's uid, gid and groups and nothing of root), hands it
 one end of a socket pair, and from then on asks it to
 
-* write a file (``write``): opened and written here, as the user, with no new process;
+* write a file (``write``): opened and written here, as the user, with no new process,
+  and then, if the request carries one, make a call (``then``, below) whose answer is
+  the request's (a job script and its submit in one exchange; no call if the write fails);
 * start a program (``spawn``): ``posix_spawn`` (a vfork: cheap, since no ids change) with
   the three pipe ends the gateway sent along (``SCM_RIGHTS``), in a new session, and
   report its pid at once and its exit status when it ends (watched through a pidfd);
@@ -14,8 +16,9 @@ one end of a socket pair, and from then on asks it to
   output, or None when the program itself must run (see
   :meth:`hpcgate.schedulers.base.Scheduler.stand_ins`). Calls run on call threads (at
   most ``MAX_CALLS``, more calls wait their turn), started as calls come and ending when
-  none is left: a slow call never holds up the other requests, and an idle helper has no
-  thread to move into an action's cgroups with it.
+  none came for ``LINGER`` seconds: a slow call never holds up the other requests, a
+  busy helper does not start a thread per call, and an idle one has no thread to move
+  into an action's cgroups with it.
 
 It never decides anything: every path and argument vector comes from the gateway, which
 also places it in the action's cgroups for the instant of each spawn (see
@@ -45,8 +48,12 @@ MAX_FDS = 3
 MAX_CALLS = 8
 _sending = threading.Lock()
 _queue_lock = threading.Lock()
+_call_queued = threading.Condition(_queue_lock)
 _queued: collections.deque[tuple[socket.socket, int, dict[str, object]]] = collections.deque()
 _workers = 0
+_waiting = 0  # call threads waiting for a call (each takes the next one queued)
+LINGER = 0.25
+"""Seconds a call thread waits for another call before it ends (starting one: ~0.2 ms)."""
 _stand_ins: dict[str, ModuleType] = {}
 
 
@@ -112,12 +119,27 @@ def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None
     _send(sock, answer)
 
 
+def _begin_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
+    """Load the call's stand-in if its source came with it, then queue the call."""
+    try:
+        if "source" in message:
+            _load(str(message["module"]), str(message.pop("source")))
+    except Exception as exc:  # the stand-in does not load: an error
+        _send(sock, {"id": request, "errno": 0, "reason": repr(exc)})
+    else:
+        _start_call(sock, request, message)
+
+
 def _start_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
-    """Queue a call for the call threads: up to ``MAX_CALLS``, started as calls come and
-    ending when none is left, so an idle helper is one thread."""
+    """Queue a call for the call threads: up to ``MAX_CALLS``, started as calls come
+    (unless one waits for it) and ending ``LINGER`` seconds after the last one, so an
+    idle helper is one thread."""
     global _workers
     with _queue_lock:
         _queued.append((sock, request, message))
+        if len(_queued) <= _waiting:  # a waiting thread takes it
+            _call_queued.notify()
+            return
         if _workers >= MAX_CALLS:
             return
         _workers += 1
@@ -134,9 +156,13 @@ def _start_call(sock: socket.socket, request: int, message: dict[str, object]) -
 
 
 def _work() -> None:
-    global _workers
+    global _workers, _waiting
     while True:
         with _queue_lock:
+            if not _queued:
+                _waiting += 1
+                _call_queued.wait(LINGER)
+                _waiting -= 1
             if not _queued:
                 _workers -= 1
                 return
@@ -207,16 +233,18 @@ def serve(sock: socket.socket) -> None:
             request = int(message["id"])  # type: ignore[call-overload]
             try:
                 if message["op"] == "write":
-                    _write(str(message["path"]), payload)
-                    _send(sock, {"id": request})
-                elif message["op"] == "call":
+                    then = message.get("then")
                     try:
-                        if "source" in message:
-                            _load(str(message["module"]), str(message.pop("source")))
-                    except Exception as exc:  # the stand-in does not load: an error
-                        _send(sock, {"id": request, "errno": 0, "reason": repr(exc)})
+                        _write(str(message["path"]), payload)
+                    except OSError as exc:  # then nothing is called
+                        _send(sock, _failure(request, exc) | {"stage": "write"})
                     else:
-                        _start_call(sock, request, message)
+                        if isinstance(then, dict):  # a call that reads the file
+                            _begin_call(sock, request, then)
+                        else:
+                            _send(sock, {"id": request})
+                elif message["op"] == "call":
+                    _begin_call(sock, request, message)
                 elif message["op"] == "spawn":
                     pid = _spawn(message, fds)
                     pidfd = os.pidfd_open(pid)

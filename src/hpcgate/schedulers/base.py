@@ -8,7 +8,7 @@ adding one module that implements :class:`Scheduler`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -269,6 +269,12 @@ class Scheduler(ABC):
     def parse_ended_jobs(self, result: Completed) -> list[Ending]:
         """Parse :meth:`ended_jobs_argv`: one :class:`Ending` per job whose record is final."""
         return []
+
+    def parse_ended_jobs_except(self, result: Completed, settled: Container[str]) -> list[Ending]:
+        """:meth:`parse_ended_jobs` without the jobs in ``settled`` (their ends are already
+        recorded; each accounting read overlaps the last): a scheduler may skip their
+        rows unparsed."""
+        return [ending for ending in self.parse_ended_jobs(result) if ending.job.id not in settled]
 
     # -- where a job writes its output (job output) ------------------------------------
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -186,6 +186,18 @@ class _Round:
         if jobid in self.changes:
             return self.changes[jobid]
         return self.seen.get(jobid)
+
+
+class _Settled(Container[str]):
+    """The jobs whose end is reported and kept (:meth:`EventService._finals` passes them
+    over), looked up in a copy's reported states as they are at each lookup."""
+
+    def __init__(self, seen: Mapping[str, Seen]) -> None:
+        self.seen = seen
+
+    def __contains__(self, jobid: object) -> bool:
+        found = self.seen.get(jobid) if isinstance(jobid, str) else None
+        return found is not None and found.final and found.stored
 
 
 @dataclass(frozen=True)
@@ -438,10 +450,12 @@ class EventService(JobEventSink):
         argv = machine.scheduler.ended_jobs_argv(since - ACCOUNTING_LAG)
         if argv is None:
             return None
+        copy = self._copies.get(machine.name)
+        settled = _Settled(copy.seen if copy is not None else {})
         try:
             done = await machine.runner.run(account, argv, limits=machine.scheduler_limits)
             # thousands of rows when a large array ends: parsed off the serving event loop
-            return await asyncio.to_thread(machine.scheduler.parse_ended_jobs, done)
+            return await asyncio.to_thread(machine.scheduler.parse_ended_jobs_except, done, settled)
         except GatewayError as exc:
             log.warning("accounting of %s could not be read: %s", machine.name, exc.message)
             return None
@@ -505,13 +519,13 @@ class EventService(JobEventSink):
         if not self.config.enabled:
             return
         try:
-            if await self.store.seen_jobs(machine, [jobid]):
-                return  # a monitor saw it first
             now = time.time()
             seen = Seen("PENDING", account.uid, account.name, name, at=now)
             record = JobRecord(jobid, name, account.name, "PENDING", "", "", 0, None, "", "")
             event = self._event(machine, seen, "pending", "", now, record)
-            stored = await self.store.append([event], machine, {jobid: seen})
+            stored = await self.store.append_first_report(event, machine, jobid, seen)
+            if not stored:
+                return  # a monitor saw it first
             self._note(machine, jobid, seen)
             await self._published(stored)
         except StoreUnavailable as exc:

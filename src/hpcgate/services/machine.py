@@ -105,21 +105,39 @@ class Machine:
         self._in_flight: dict[tuple[str, ...], asyncio.Future[Listing]] = {}
 
     async def _schedule(
-        self, account: UnixAccount, argv: list[str], *, cwd: str | None = None
+        self,
+        account: UnixAccount,
+        argv: list[str],
+        *,
+        cwd: str | None = None,
+        after_writing: tuple[str, bytes] | None = None,
     ) -> Completed:
-        try:
-            return await metrics.scheduler_call(
-                self.name,
-                argv[0],
-                self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd),
+        """Run a scheduler command as the user; ``after_writing`` (a path and its bytes)
+        is written first, under the command limits (a job script and its submit)."""
+        if after_writing is None:
+            call = self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd)
+            timeout = self.scheduler_limits.timeout
+        else:
+            path, data = after_writing
+            call = self.runner.write_then_run(
+                account,
+                path,
+                data,
+                argv,
+                write_limits=self.command_limits,
+                limits=self.scheduler_limits,
+                cwd=cwd,
             )
+            timeout = self.scheduler_limits.timeout + self.command_limits.timeout
+        try:
+            return await metrics.scheduler_call(self.name, argv[0], call)
         except TimedOut:
             # A scheduler that does not answer in time is a sick scheduler (503), not a
             # slow user command (504).
-            raise Unavailable(
-                f"the scheduler of {self.name} did not answer within "
-                f"{self.scheduler_limits.timeout:g} s; try again later"
-            ) from None
+            what = f"the scheduler of {self.name} did not answer"
+            if after_writing is not None:
+                what = f"writing {after_writing[0]} and submitting it did not finish"
+            raise Unavailable(f"{what} within {timeout:g} s; try again later") from None
 
     async def run_command(self, account: UnixAccount, command_line: str) -> CommandResult:
         """Run a command line with the user's shell; a failing command is still a result."""
@@ -173,6 +191,7 @@ class Machine:
         """Write the script if one was given, then submit it; returns the job id."""
         options = submission.options
         generated = False
+        script: tuple[str, bytes] | None = None  # to write first
         if submission.jobfile is not None:
             path = account.resolve_path(submission.jobfile)
             await self._check_regular_file(account, path)
@@ -183,18 +202,17 @@ class Machine:
             else:
                 path = account.resolve_path(f"{SCRIPT_DIR}/{_script_name()}")
                 generated = True
-            await self.runner.write_file(
-                account, path, submission.script.encode(), limits=self.command_limits
-            )
+            script = (path, submission.script.encode())
         # The job runs where its script is unless job_wdir says otherwise.
         workdir = options.working_dir or posixpath.dirname(path)
         options = replace(options, working_dir=account.resolve_path(workdir))
+        argv = self.scheduler.submit_argv(path, options)
         done: Completed | None = None
         try:
-            done = await self._schedule(account, self.scheduler.submit_argv(path, options))
+            done = await self._schedule(account, argv, after_writing=script)
             jobid = self.scheduler.parse_submit(done)
         except BadRequest:
-            if generated:  # Slurm refused it: a script nobody asked to keep goes too
+            if generated:  # refused, or not written whole: a script nobody asked to keep goes
                 await self.runner.run(account, ["rm", "-f", "--", path], limits=self.command_limits)
             raise
         except GatewayError as exc:

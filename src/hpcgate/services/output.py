@@ -138,9 +138,13 @@ class JobOutput:
         """Record just-submitted jobs' output paths (best effort: logged on failure)."""
         try:
             rows = await self._live_many(account, list(jobids))
-            for jobid, row in rows.items():
-                if row is not None and row.uid == account.uid:
-                    await self._keep(jobid, row)
+            records = {
+                jobid: _record_of(row)
+                for jobid, row in rows.items()
+                if row is not None and row.uid == account.uid
+            }
+            if records:
+                await self.store.put_many(self.machine.name, records, OUTPUT_RECORD_TTL)
         except GatewayError as exc:
             log.warning(
                 "output paths of jobs %s on %s not recorded: %s",
@@ -150,14 +154,7 @@ class JobOutput:
             )
 
     async def _keep(self, jobid: str, row: OutputPaths) -> OutputRecord:
-        record = OutputRecord(
-            uid=row.uid,
-            user=row.user,
-            stdout=row.stdout,
-            stderr=row.stderr,
-            complete=row.complete,
-            ended=row.ended and row.complete,
-        )
+        record = _record_of(row)
         await self.store.put(self.machine.name, jobid, record, OUTPUT_RECORD_TTL)
         return record
 
@@ -276,3 +273,15 @@ def _path(record: OutputRecord, stream: str) -> str:
     if stream not in STREAMS:
         raise BadRequest("stream must be stdout or stderr")
     return record.stdout if stream == "stdout" else record.stderr
+
+
+def _record_of(row: OutputPaths) -> OutputRecord:
+    """What is kept of a job's output paths as the controller told them."""
+    return OutputRecord(
+        uid=row.uid,
+        user=row.user,
+        stdout=row.stdout,
+        stderr=row.stderr,
+        complete=row.complete,
+        ended=row.ended and row.complete,
+    )

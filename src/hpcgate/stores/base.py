@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from hpcgate.errors import Unavailable
@@ -208,6 +208,11 @@ class OutputPathStore(ABC):
 
     @abstractmethod
     async def get(self, machine: str, jobid: str) -> OutputRecord | None: ...
+
+    async def put_many(self, machine: str, records: Mapping[str, OutputRecord], ttl: float) -> None:
+        """``put`` each of ``records`` (job id -> record); a store may do it at once."""
+        for jobid, record in records.items():
+            await self.put(machine, jobid, record, ttl)
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""

@@ -143,6 +143,16 @@ class EventStore(ABC):
         """Append ``events`` (returned with their ids) and, for ``machine``, apply the
         changes of reported states (None removes one) and the accounting mark."""
 
+    async def append_first_report(
+        self, event: JobEvent, machine: str, jobid: str, seen: Seen
+    ) -> list[JobEvent]:
+        """Append ``event`` and report ``seen`` for ``machine``'s job ``jobid`` unless the
+        job already has a reported state (a monitor saw it first): then nothing, ``[]``.
+        A store may do the check and the append at once."""
+        if await self.seen_jobs(machine, [jobid]):
+            return []
+        return await self.append([event], machine, {jobid: seen})
+
     @abstractmethod
     async def machine_events(self, machine: str) -> MachineEvents:
         """The reported states of ``machine``'s jobs and its accounting mark."""

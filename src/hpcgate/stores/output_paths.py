@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from hpcgate.stores.base import OutputPathStore, OutputRecord, StoreUnavailable
@@ -55,18 +56,22 @@ class SqliteOutputPaths(OutputPathStore):
         self._next_purge = 0.0
 
     async def put(self, machine: str, jobid: str, record: OutputRecord, ttl: float) -> None:
+        await self.put_many(machine, {jobid: record}, ttl)
+
+    async def put_many(self, machine: str, records: Mapping[str, OutputRecord], ttl: float) -> None:
         def put(db: sqlite3.Connection) -> None:
             now = time.time()
             if now >= self._next_purge:
                 db.execute("DELETE FROM job_output WHERE expires <= ?", (now,))
                 self._next_purge = now + PURGE_EVERY
-            db.execute(
+            rows = [(machine, jobid, kept.to_json(), now + ttl) for jobid, kept in records.items()]
+            db.executemany(
                 "INSERT OR REPLACE INTO job_output (machine, jobid, record, expires) "
                 "VALUES (?, ?, ?, ?)",
-                (machine, jobid, record.to_json(), now + ttl),
+                rows,
             )
 
-        await self.file.run(put)
+        await (self.file.transaction if len(records) > 1 else self.file.run)(put)
 
     async def get(self, machine: str, jobid: str) -> OutputRecord | None:
         rows = await self.file.run(

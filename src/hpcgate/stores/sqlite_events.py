@@ -32,6 +32,9 @@ from hpcgate.stores.snapshot import record_from_dict
 from hpcgate.stores.sqlite_file import SqliteFile
 
 PURGE_EVERY = 60.0
+TRIM_EVERY = 32
+"""A user's oldest events past ``max_per_user`` go every this many of their events (and
+at a process's first): up to this many more may be kept meanwhile."""
 OTHER_PROCESSES_POLL = 1.0  # seconds: how soon appends by another process are seen
 
 _SCHEMA = """
@@ -78,6 +81,7 @@ class SqliteEventStore(EventStore, WebhookStore):
         self.retention = retention
         self.max_per_user = max_per_user
         self._next_purge = 0.0
+        self._untrimmed: dict[int, int] = {}  # uid -> events appended since its last trim
         self._appended = asyncio.Event()
 
     @property
@@ -93,48 +97,75 @@ class SqliteEventStore(EventStore, WebhookStore):
         seen: dict[str, Seen | None] | None = None,
         since: float | None = None,
     ) -> list[JobEvent]:
-        def append(db: sqlite3.Connection) -> list[JobEvent]:
-            stored = []
-            for event in events:
-                cursor = db.execute(
-                    "INSERT INTO job_events (uid, time, event) VALUES (?, ?, ?)",
-                    (event.uid, event.time, event.to_json()),
-                )
-                stored.append(event.with_id(str(cursor.lastrowid)))
-            for uid in {event.uid for event in events}:
-                db.execute(
-                    "DELETE FROM job_events WHERE uid = ? AND seq <= (SELECT seq FROM "
-                    "job_events WHERE uid = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (uid, uid, self.max_per_user),
-                )
-            if machine is not None:
-                for jobid, state in (seen or {}).items():
-                    if state is None:
-                        db.execute(
-                            "DELETE FROM job_seen WHERE machine = ? AND jobid = ?", (machine, jobid)
-                        )
-                    else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO job_seen (machine, jobid, seen) "
-                            "VALUES (?, ?, ?)",
-                            (machine, jobid, state.to_json()),
-                        )
-                if since is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO job_marks (machine, since) VALUES (?, ?)",
-                        (machine, since),
-                    )
-            now = time.time()
-            if now >= self._next_purge:
-                self._next_purge = now + PURGE_EVERY
-                db.execute("DELETE FROM job_events WHERE time < ?", (now - self.retention,))
-                db.execute("DELETE FROM finished_jobs WHERE expires <= ?", (now,))
-            return stored
+        return self._woke(
+            await self.file.transaction(lambda db: self._append(db, events, machine, seen, since))
+        )
 
-        stored = await self.file.transaction(append)
+    async def append_first_report(
+        self, event: JobEvent, machine: str, jobid: str, seen: Seen
+    ) -> list[JobEvent]:
+        def append(db: sqlite3.Connection) -> list[JobEvent]:
+            reported = db.execute(
+                "SELECT 1 FROM job_seen WHERE machine = ? AND jobid = ?", (machine, jobid)
+            ).fetchone()
+            return [] if reported else self._append(db, [event], machine, {jobid: seen}, None)
+
+        return self._woke(await self.file.transaction(append))
+
+    def _woke(self, stored: list[JobEvent]) -> list[JobEvent]:
+        """Wake the followers of this process when something was appended."""
         if stored:
             woken, self._appended = self._appended, asyncio.Event()
             woken.set()
+        return stored
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        events: list[JobEvent],
+        machine: str | None,
+        seen: dict[str, Seen | None] | None,
+        since: float | None,
+    ) -> list[JobEvent]:
+        """``append`` inside a transaction (in the file's worker thread, one at a time)."""
+        stored = []
+        for event in events:
+            cursor = db.execute(
+                "INSERT INTO job_events (uid, time, event) VALUES (?, ?, ?)",
+                (event.uid, event.time, event.to_json()),
+            )
+            stored.append(event.with_id(str(cursor.lastrowid)))
+            self._untrimmed[event.uid] = self._untrimmed.get(event.uid, TRIM_EVERY) + 1
+        for uid in {event.uid for event in events}:
+            if self._untrimmed[uid] < TRIM_EVERY:
+                continue  # finding the cut walks max_per_user index entries: not per event
+            self._untrimmed[uid] = 0
+            db.execute(
+                "DELETE FROM job_events WHERE uid = ? AND seq <= (SELECT seq FROM "
+                "job_events WHERE uid = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (uid, uid, self.max_per_user),
+            )
+        if machine is not None:
+            for jobid, state in (seen or {}).items():
+                if state is None:
+                    db.execute(
+                        "DELETE FROM job_seen WHERE machine = ? AND jobid = ?", (machine, jobid)
+                    )
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO job_seen (machine, jobid, seen) VALUES (?, ?, ?)",
+                        (machine, jobid, state.to_json()),
+                    )
+            if since is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO job_marks (machine, since) VALUES (?, ?)",
+                    (machine, since),
+                )
+        now = time.time()
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_EVERY
+            db.execute("DELETE FROM job_events WHERE time < ?", (now - self.retention,))
+            db.execute("DELETE FROM finished_jobs WHERE expires <= ?", (now,))
         return stored
 
     async def machine_events(self, machine: str) -> MachineEvents:
