@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from hpcgate.schedulers.base import JobRecord
 from hpcgate.stores.events import JobEvent, Seen
 from hpcgate.stores.sqlite_events import TRIM_EVERY, SqliteEventStore
 
@@ -44,5 +45,19 @@ def test_each_users_events_are_cut_to_the_newest(tmp_path: Path) -> None:
         assert 10 <= len(kept) <= 10 + TRIM_EVERY, "cut every TRIM_EVERY events"
         assert kept == [str(n) for n in range(3 * TRIM_EVERY - len(kept), 3 * TRIM_EVERY)]
         assert [e.jobid for e in await store.read(BOB, None, 1000)] == ["1"], "per user"
+
+    asyncio.run(scenario())
+
+
+def test_ended_jobs_records_are_kept_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteEventStore(tmp_path / "events.sqlite", retention=3600, max_per_user=100)
+        rows = {
+            "7": [JobRecord("7", "a", "alice", "COMPLETED", "work", "00:00:01", 1, 1, "n1", "0:0")],
+            "8": [JobRecord("8", "b", "alice", "FAILED", "work", "00:00:02", 1, 1, "n2", "1:0")],
+        }
+        await store.put_finished_many("ln3", rows, 60)
+        assert [await store.get_finished("ln3", jobid) for jobid in rows] == list(rows.values())
+        assert await store.get_finished("ln3", "9") is None
 
     asyncio.run(scenario())

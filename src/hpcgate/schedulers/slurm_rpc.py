@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import re
@@ -546,7 +547,10 @@ def _propagated(limits: str | None, limits_except: str | None) -> tuple[str, ...
     return tuple(name for name in RLIMITS if name in kept)
 
 
+@functools.cache
 def _umask() -> int:
+    """This process's umask (read once: a helper never changes it, and setting it to
+    read it would race with the files its other threads create)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
             if line.startswith("Umask:"):
@@ -739,8 +743,11 @@ def _library(conf: str | None) -> _Library:
 def _compiled(program: str) -> bool:
     """A compiled program (sbatch, or sbatch renamed), never a site's wrapper script,
     which must run: it may check or change what is submitted."""
-    with open(program, "rb") as file:
-        return file.read(4) == b"\x7fELF"
+    descriptor = os.open(program, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return os.read(descriptor, 4) == b"\x7fELF"
+    finally:
+        os.close(descriptor)
 
 
 def run(argv: list[str], env: dict[str, str], cwd: str) -> Outcome | None:

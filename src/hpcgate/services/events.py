@@ -463,20 +463,20 @@ class EventService(JobEventSink):
     async def _finals(
         self, machine: str, rnd: _Round, endings: list[Ending], *, announce: bool
     ) -> None:
+        new: list[tuple[Ending, Seen | None]] = []
         for ending in endings:
-            job = ending.job
-            if job.uid is None:
-                continue
-            seen = rnd.current(job.id)
-            if seen is not None and seen.final and seen.stored:
-                continue
-            try:
-                await self.store.put_finished(
-                    machine, job.id, ending.rows, self.config.finished_ttl
-                )
+            seen = rnd.current(ending.job.id)
+            if ending.job.uid is not None and not (seen is not None and seen.final and seen.stored):
+                new.append((ending, seen))
+        stored = False
+        if new:
+            finished = {ending.job.id: ending.rows for ending, _ in new}
+            with contextlib.suppress(StoreUnavailable):  # kept at a later read, then
+                await self.store.put_finished_many(machine, finished, self.config.finished_ttl)
                 stored = True
-            except StoreUnavailable:
-                stored = False
+        for ending, seen in new:
+            job = ending.job
+            assert job.uid is not None
             word = state_word(job)
             final = Seen(word, job.uid, job.user, job.name, final=True, stored=stored, at=rnd.now)
             rnd.changes[job.id] = final

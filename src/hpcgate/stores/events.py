@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -183,6 +184,14 @@ class EventStore(ABC):
         self, machine: str, jobid: str, rows: list[JobRecord], ttl: float
     ) -> None:
         """Keep an ended job's final record (its row, then its steps) for ``ttl`` s."""
+
+    async def put_finished_many(
+        self, machine: str, finished: Mapping[str, list[JobRecord]], ttl: float
+    ) -> None:
+        """``put_finished`` each of ``finished`` (job id -> rows); a store may do it at once
+        (a large array's end is thousands)."""
+        for jobid, rows in finished.items():
+            await self.put_finished(machine, jobid, rows, ttl)
 
     @abstractmethod
     async def get_finished(self, machine: str, jobid: str) -> list[JobRecord] | None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,14 +245,22 @@ class SqliteEventStore(EventStore, WebhookStore):
     async def put_finished(
         self, machine: str, jobid: str, rows: list[JobRecord], ttl: float
     ) -> None:
-        text = encode_records(rows)
-        await self.file.run(
-            lambda db: db.execute(
+        await self.put_finished_many(machine, {jobid: rows}, ttl)
+
+    async def put_finished_many(
+        self, machine: str, finished: Mapping[str, list[JobRecord]], ttl: float
+    ) -> None:
+        expires = time.time() + ttl
+        values = [(machine, job, encode_records(rows), expires) for job, rows in finished.items()]
+
+        def put(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT OR REPLACE INTO finished_jobs (machine, jobid, rows, expires) "
                 "VALUES (?, ?, ?, ?)",
-                (machine, jobid, text, time.time() + ttl),
+                values,
             )
-        )
+
+        await (self.file.transaction if len(values) > 1 else self.file.run)(put)
 
     async def get_finished(self, machine: str, jobid: str) -> list[JobRecord] | None:
         def read(db: sqlite3.Connection) -> str | None:
