@@ -252,7 +252,7 @@ class EventsConfig(_Section):
     max_per_user: int = Field(
         10000,
         ge=10,
-        description="events kept per user (the newest; the embedded store trims every 32)",
+        description="events kept per user (the newest; the embedded store cuts every 32)",
     )
     finished_ttl: float = Field(
         7 * 86400, gt=0, description="seconds the final record of an ended job is kept"

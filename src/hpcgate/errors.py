@@ -63,3 +63,12 @@ class TimedOut(GatewayError):
     """An action ran past its time limit and was killed (504)."""
 
     status_code = 504
+
+
+class NotWritten(Exception):
+    """A file a program was to read could not be written, so the program never ran;
+    ``error`` is what writing it alone would have raised."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -33,7 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 import hpcgate
-from hpcgate.errors import GatewayError, TimedOut
+from hpcgate.errors import GatewayError, NotWritten, TimedOut
 from hpcgate.process import Completed
 
 if TYPE_CHECKING:  # runners count here too: no import of the layers above them
@@ -147,11 +147,14 @@ async def scheduler_call(machine: str, program: str, call: Awaitable[Completed])
     """Await ``call``, a scheduler command, counting it and its time by outcome."""
     command = os.path.basename(program)
     started = time.monotonic()
-    outcome = "cancelled"
+    outcome: str | None = "cancelled"
     try:
         done = await call
         outcome = "ok" if done.returncode == 0 else "failed"
         return done
+    except NotWritten:
+        outcome = None  # the file it reads was not written: it never ran
+        raise
     except TimedOut:
         outcome = "timeout"
         raise
@@ -159,8 +162,9 @@ async def scheduler_call(machine: str, program: str, call: Awaitable[Completed])
         outcome = "unavailable"
         raise
     finally:
-        SCHEDULER_CALLS.labels(machine, command, outcome).inc()
-        SCHEDULER_SECONDS.labels(machine, command).observe(time.monotonic() - started)
+        if outcome is not None:
+            SCHEDULER_CALLS.labels(machine, command, outcome).inc()
+            SCHEDULER_SECONDS.labels(machine, command).observe(time.monotonic() - started)
 
 
 def ssh_connection_opened(host: str) -> None:

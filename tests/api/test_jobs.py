@@ -6,6 +6,7 @@ import json
 import pwd
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -260,10 +261,11 @@ def test_renamed_scheduler_commands(alice: httpx.Client, public_dir: Path) -> No
 
 def test_hostile_values_stay_values(alice: httpx.Client, public_dir: Path) -> None:
     marker = public_dir / "pwned"
+    where = home("alice") / f"hostile-{secrets.token_hex(4)}"  # its own: modules reuse it
     jobid = submit(
         alice,
         jobscript='#!/bin/bash\nprintf "%s\\n" "$@" > hostile.txt\n',
-        jobfilepath=str(home("alice") / "hostile" / "job.sh"),
+        jobfilepath=str(where / "job.sh"),
         jobconf=json.dumps(
             {
                 "job_name": f"--wrap=touch {marker}",
@@ -273,7 +275,7 @@ def test_hostile_values_stay_values(alice: httpx.Client, public_dir: Path) -> No
     )
     assert f"JobName=--wrap=touch {marker} " in scontrol(jobid)
     wait_status(alice, jobid, "Completed")
-    out = home("alice") / "hostile" / "hostile.txt"
+    out = where / "hostile.txt"
     assert wait_for(out.exists, what="hostile.txt")
     assert out.read_text().splitlines() == [
         f"$(touch {marker})",
@@ -281,6 +283,7 @@ def test_hostile_values_stay_values(alice: httpx.Client, public_dir: Path) -> No
         "--partition=x",
     ]
     assert not marker.exists(), "a value reached a shell"
+    shutil.rmtree(where)
 
 
 @pytest.mark.parametrize("machine", ["ln3", "tight"])

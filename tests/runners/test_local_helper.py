@@ -7,15 +7,15 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hpcgate import metrics
 from hpcgate.accounts import UnixAccount
-from hpcgate.errors import Forbidden, TimedOut, Unavailable
-from hpcgate.process import Limits
+from hpcgate.errors import Forbidden, NotWritten, TimedOut, Unavailable
+from hpcgate.process import Completed, Limits
 from hpcgate.runners.local_helper import HelperRunner
 from tests.conftest import wait_for
 from tests.runners.leftovers import alices, assert_nothing_left, open_descriptors, unique_sleep
@@ -361,28 +361,49 @@ def test_a_write_and_the_call_that_reads_it_are_one_request(
     stand_in: HelperRunner, alice: UnixAccount
 ) -> None:
     path = f"{alice.home}/helper-then-{os.getpid()}/job.sh"
-    both = {"write_limits": LIMITS, "limits": LIMITS}
+
+    def write_then_run(target: str, data: bytes, argv: list[str]) -> Awaitable[Completed]:
+        return stand_in.write_then_run(
+            alice, target, data, argv, write_limits=LIMITS, limits=LIMITS
+        )
+
+    assert stand_in.joins_write_and_run("echo", LIMITS, LIMITS)
+    assert not stand_in.joins_write_and_run("true", LIMITS, LIMITS), "no stand-in"
 
     async def scenario() -> None:
-        # the helper's first request: its write fails, so nothing is called and the
-        # stand-in's source, which came with it, is sent again with the next call
-        with pytest.raises(Forbidden, match=r"alice may not write /root/job\.sh: Permission"):
-            await stand_in.write_then_run(
-                alice, "/root/job.sh", b"x", ["echo", "cat", "/root/job.sh"], **both
-            )
+        # the helper's first two requests at once: the first carries the stand-in's source
+        # and its write fails (nothing is called), the second comes without the source
+        failing = write_then_run("/root/job.sh", b"x", ["echo", "cat", "/root/job.sh"])
+        fine = write_then_run(path, b"1\n", ["echo", "cat", path])
+        refused, done = await asyncio.gather(failing, fine, return_exceptions=True)
+        assert isinstance(refused, NotWritten), refused
+        assert isinstance(refused.error, Forbidden)
+        assert "alice may not write /root/job.sh: Permission denied" in str(refused.error)
+        assert isinstance(done, Completed), done
+        assert (done.returncode, done.stdout) == (0, "1\n"), "the source was loaded first"
         (helper,) = stand_in._helpers.values()
         requests, spawned = helper._numbers, metrics.PROCESSES_SPAWNED._value.get()
-        done = await stand_in.write_then_run(
-            alice, path, b"#!/bin/bash\n", ["echo", "cat", path], **both
-        )
+        done = await write_then_run(path, b"#!/bin/bash\n", ["echo", "cat", path])
         assert (done.returncode, done.stdout) == (0, "#!/bin/bash\n"), "read what was written"
         assert helper._numbers == requests + 1, "one request for both"
         assert metrics.PROCESSES_SPAWNED._value.get() == spawned, "nothing started"
         # declined: the file is written all the same, then the program runs
-        declined = await stand_in.write_then_run(alice, path, b"2\n", ["echo", "decline"], **both)
+        declined = await write_then_run(path, b"2\n", ["echo", "decline"])
         assert (declined.returncode, declined.stdout) == (0, "decline\n")
         assert Path(path).read_bytes() == b"2\n"
         assert Path(path).stat().st_uid == alice.uid
+        # a program without a stand-in: written alone, then run, as on every transport
+        with pytest.raises(NotWritten):
+            await write_then_run("/root/x", b"", ["true"])
+        ran = await write_then_run(path, b"3\n", ["cat", path])
+        assert ran.stdout == "3\n"
+        # the call has its own limit from the moment the file is written
+        short = Limits(timeout=1.0, output_bytes=1024)
+        with pytest.raises(TimedOut):
+            await stand_in.write_then_run(
+                alice, path, b"4\n", ["echo", "slow", "3"], write_limits=LIMITS, limits=short
+            )
+        assert Path(path).read_bytes() == b"4\n"
 
     try:
         asyncio.run(scenario())

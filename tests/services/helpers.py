@@ -18,7 +18,7 @@ from hpcgate.accounts import UnixAccount
 from hpcgate.errors import Unavailable
 from hpcgate.process import Completed, Limits
 from hpcgate.runners.replay import ReplayRunner, ok
-from hpcgate.schedulers.base import Ending, JobRecord, Phase, Scheduler
+from hpcgate.schedulers.base import Ending, JobRecord, Phase
 from hpcgate.schedulers.slurm import Slurm, classified
 from hpcgate.services.machine import Machine
 from hpcgate.services.queue_cache import QueueCache
@@ -132,8 +132,6 @@ class RecordsSlurm(Slurm):
         for row in _decoded(result.stdout):
             jobs.setdefault(row.id.split(".", 1)[0], []).append(row)
         return [Ending(rows) for rows in jobs.values()]
-
-    parse_ended_jobs_except = Scheduler.parse_ended_jobs_except  # through the parser above
 
 
 CONTROLLER_DOWN = Unavailable("the scheduler cannot be reached: slurmctld is down")

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import ConfigError, MachineConfig
-from hpcgate.errors import BadRequest, Forbidden, Unavailable
+from hpcgate.errors import BadRequest, Forbidden, GatewayError, NotWritten, Unavailable
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits
 
@@ -100,6 +100,11 @@ class Runner(ABC):
                 raise Forbidden(f"{account.name} may not write {path}: {reason}")
             raise BadRequest(f"cannot write {path}: {reason}")
 
+    def joins_write_and_run(self, program: str, write_limits: Limits, limits: Limits) -> bool:
+        """Whether :meth:`write_then_run` writes a file and runs ``program`` in one exchange
+        (a job script and its submit); False, the default: the caller writes, then runs."""
+        return False
+
     async def write_then_run(
         self,
         account: UnixAccount,
@@ -111,11 +116,13 @@ class Runner(ABC):
         limits: Limits,
         cwd: str | None = None,
     ) -> Completed:
-        """:meth:`write_file` under ``write_limits``, then :meth:`run` of ``argv`` (a
-        program that reads the file, e.g. a job script's submit) under ``limits``; nothing
-        runs when the write fails. A transport may do both in one exchange, timed against
-        the two limits together."""
-        await self.write_file(account, path, data, limits=write_limits)
+        """:meth:`write_file` under ``write_limits``, then :meth:`run` of ``argv`` (a program
+        that reads the file) under ``limits``. A write that fails raises NotWritten, with
+        the error ``write_file`` raises, and nothing runs."""
+        try:
+            await self.write_file(account, path, data, limits=write_limits)
+        except GatewayError as exc:
+            raise NotWritten(exc) from exc
         return await self.run(account, argv, limits=limits, cwd=cwd)
 
     # File access (the FILE module). Metadata operations run as programs through

@@ -49,7 +49,14 @@ from typing import Any, NamedTuple
 from hpcgate import metrics
 from hpcgate.accounts import UnixAccount
 from hpcgate.config import ConfigError, MachineConfig
-from hpcgate.errors import BadRequest, Forbidden, GatewayError, TimedOut, Unavailable
+from hpcgate.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotWritten,
+    TimedOut,
+    Unavailable,
+)
 from hpcgate.plugins import BuildContext
 from hpcgate.process import Completed, Limits, timed_out
 from hpcgate.runners import userhelper
@@ -106,6 +113,7 @@ class _Helper:
         """The RLIMIT_AS (soft and hard) the helper, and so every program it starts, has."""
         self._sock = sock
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._written: dict[int, asyncio.Future[None]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._numbers = 0
         self.spawning = asyncio.Lock()
@@ -131,15 +139,23 @@ class _Helper:
         self._sock.close()
 
     async def request(
-        self, message: dict[str, Any], payload: bytes = b"", fds: Sequence[int] = ()
+        self,
+        message: dict[str, Any],
+        payload: bytes = b"",
+        fds: Sequence[int] = (),
+        *,
+        written: asyncio.Future[None] | None = None,
     ) -> dict[str, Any]:
-        """Send one request and wait for its answer."""
+        """Send one request and wait for its answer; ``written`` is set when the helper
+        says the file of a write with a call is written (before the call's answer)."""
         if not self.alive:
             raise HelperGone("the helper has exited")
         self._numbers += 1
         message["id"] = self._numbers
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._requests[self._numbers] = answer
+        if written is not None:
+            self._written[self._numbers] = written
         body = json.dumps(message).encode()
         frame = userhelper.FRAME.pack(len(body), len(payload)) + body
         # One frame at a time, each sent whole even if its request is cancelled (a frame
@@ -160,6 +176,7 @@ class _Helper:
             raise HelperGone(f"the helper's socket failed: {exc.strerror}") from None
         finally:
             self._requests.pop(message["id"], None)
+            self._written.pop(message["id"], None)
 
     async def _send(self, frame: bytes, payload: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -224,7 +241,11 @@ class _Helper:
             pass
         finally:
             gone = HelperGone("the helper has exited")
-            pending: list[asyncio.Future[Any]] = [*self._requests.values(), *self._exits.values()]
+            pending: list[asyncio.Future[Any]] = [
+                *self._requests.values(),
+                *self._written.values(),
+                *self._exits.values(),
+            ]
             for future in pending:
                 if not future.done():
                     future.set_exception(gone)
@@ -235,6 +256,11 @@ class _Helper:
             ended = self.exit_of(int(message["exit"]))
             if not ended.done():
                 ended.set_result(int(message["status"]))
+            return
+        if "written" in message:
+            wrote = self._written.get(int(message["id"]))
+            if wrote is not None and not wrote.done():
+                wrote.set_result(None)
             return
         waiting = self._requests.get(int(message["id"]))
         if waiting is not None and not waiting.done():
@@ -483,6 +509,12 @@ class HelperRunner(LocalRunner):
     ) -> Completed:
         return await self._run(account, argv, limits, stdin, cwd)
 
+    def joins_write_and_run(self, program: str, write_limits: Limits, limits: Limits) -> bool:
+        """With a stand-in for ``program`` (a submit through libslurm), the script's write and
+        the call are one request to the user's helper."""
+        same_helper = write_limits.max_memory_bytes == limits.max_memory_bytes
+        return program in self._stand_ins and same_helper and self._usable()
+
     async def write_then_run(
         self,
         account: UnixAccount,
@@ -494,15 +526,20 @@ class HelperRunner(LocalRunner):
         limits: Limits,
         cwd: str | None = None,
     ) -> Completed:
-        """With a stand-in for ``argv[0]``, the write and the call are one request to the
-        helper (a submit's script and its RPC: one exchange instead of two)."""
-        same_helper = write_limits.max_memory_bytes == limits.max_memory_bytes
-        if argv[0] not in self._stand_ins or not same_helper:
+        if not self.joins_write_and_run(argv[0], write_limits, limits):
             return await super().write_then_run(
                 account, path, data, argv, write_limits=write_limits, limits=limits, cwd=cwd
             )
         write = _Write(account.name, path, data, write_limits)
         return await self._run(account, argv, limits, None, cwd, write)
+
+    async def _write_first(self, account: UnixAccount, write: _Write | None) -> None:
+        """Write ``write`` on its own (NotWritten if that fails): the program runs after."""
+        if write is not None:
+            try:
+                await self.write_file(account, write.path, write.data, limits=write.limits)
+            except GatewayError as exc:
+                raise NotWritten(exc) from exc
 
     async def _run(
         self,
@@ -513,38 +550,33 @@ class HelperRunner(LocalRunner):
         cwd: str | None,
         write: _Write | None = None,
     ) -> Completed:
-        """``run``, after ``write`` if one is given (nothing runs if it fails)."""
+        """``run``, after ``write`` if one is given (NotWritten if it fails: nothing runs)."""
         if not self._usable():
-            if write is not None:
-                await super().write_file(account, write.path, write.data, limits=write.limits)
+            await self._write_first(account, write)
             return await super().run(account, argv, limits=limits, stdin=stdin, cwd=cwd)
         environment = account.environment(self._path) | self._extra_environment
         program = shutil.which(argv[0], path=environment["PATH"])
         if program is None:
+            await self._write_first(account, write)
             raise BadRequest(f"{argv[0]}: command not found on this machine")
         helper = await self._helper(account, limits.max_memory_bytes)
         if helper is None:
-            if write is not None:
-                await self.write_file(account, write.path, write.data, limits=write.limits)
+            await self._write_first(account, write)
             return await super().run(account, argv, limits=limits, stdin=stdin, cwd=cwd)
         workdir = cwd or (account.home if os.path.isdir(account.home) else "/")
         helper.in_flight += 1
         try:
             stand_in = self._stand_ins.get(argv[0])
             if stand_in is not None and helper.memory_limit == limits.max_memory_bytes:
-                started = time.monotonic()
-                answered = await self._answer_in(
+                answered, spent = await self._answer_in(
                     helper, stand_in, [program, *argv[1:]], environment, workdir, limits, write
                 )
                 if answered is not None:
                     return answered
                 # declined: the program runs in what is left of the action's time
-                spent = time.monotonic() - started
-                if write is not None:
-                    spent = max(spent - write.limits.timeout, 0.0)
                 limits = replace(limits, timeout=max(limits.timeout - spent, 0.1))
-            elif write is not None:
-                await self.write_file(account, write.path, write.data, limits=write.limits)
+            else:
+                await self._write_first(account, write)
             return await self._run_in(
                 helper, account, program, argv, environment, workdir, limits, stdin
             )
@@ -563,57 +595,73 @@ class HelperRunner(LocalRunner):
         workdir: str,
         limits: Limits,
         write: _Write | None = None,
-    ) -> Completed | None:
+    ) -> tuple[Completed | None, float]:
         """``argv``'s outcome from its stand-in in the helper, or None when the program
-        itself must run. No process is started, so there is nothing to contain; the
-        action's environment carries no marker (nothing is left to find). With
-        ``write``, the helper writes that file first, in the same request, and makes
-        the call only if the write succeeded."""
+        itself must run, and the seconds the call took. No process is started, so there
+        is nothing to contain; the action's environment carries no marker (nothing is
+        left to find). With ``write``, the helper writes that file first, in the same
+        request, says so, and only then calls: the write has its own limit (NotWritten
+        past it or when it fails), the call ``limits.timeout`` from then on."""
         name, source = stand_in
         message: dict[str, Any] = {"op": "call", "module": name, "argv": argv}
         message |= {"env": environment, "cwd": workdir}
         if name not in helper.stand_ins_sent:  # frames arrive in order: once is enough
             message["source"] = source
             helper.stand_ins_sent.add(name)
-        payload, timeout = b"", limits.timeout
+        payload = b""
+        written: asyncio.Future[None] | None = None
         if write is not None:
             message = {"op": "write", "path": write.path, "then": message}
-            payload, timeout = write.data, timeout + write.limits.timeout
+            payload, written = write.data, asyncio.get_running_loop().create_future()
+        answering = asyncio.ensure_future(helper.request(message, payload, written=written))
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                answer = await helper.request(message, payload)
+            if write is not None and written is not None:
+                first: set[asyncio.Future[Any]] = {written, answering}
+                async with asyncio.timeout(write.limits.timeout):
+                    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                started = time.monotonic()
+            async with asyncio.timeout(limits.timeout):
+                answer = await answering
         except TimeoutError:
             # Like a program killed at its limit: the call must not reach the scheduler
             # later (a retry would find nothing yet and submit again), so the helper
-            # goes, its thread with it. Whatever reached the scheduler before stays: 504.
+            # goes, its thread with it. Whatever reached the scheduler before stays.
+            answering.cancel()
             await asyncio.shield(helper.stop())
-            if write is not None:
-                raise TimedOut(
-                    f"writing {write.path} and running {argv[0]} did not finish within "
-                    f"{timeout:g} s and were stopped"
+            if write is not None and written is not None and not written.done():
+                raise NotWritten(
+                    TimedOut(
+                        f"writing {write.path} did not finish within {write.limits.timeout:g} s"
+                    )
                 ) from None
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
             helper.stand_ins_sent.discard(name)
+            if write is not None and written is not None and not written.done():
+                reason = f"the helper writing {write.path} exited ({exc}); try again"
+                raise NotWritten(Unavailable(reason)) from None
             raise Unavailable(f"the outcome of {argv[0]} is unknown: {exc}") from None
         except BaseException:
             # cut (a keyed submit's attempt limit) or its client gone: as a killed
             # program, it must not complete later either
+            answering.cancel()
             await asyncio.shield(helper.stop())
             raise
-        if answer.get("stage") == "write":  # nothing was called, nor its source loaded
-            helper.stand_ins_sent.discard(name)
+        spent = time.monotonic() - started
+        if answer.get("stage") == "write":  # nothing was called (its stand-in is loaded)
             assert write is not None
-            raise _write_error(write.user, write.path, answer)
+            raise NotWritten(_write_error(write.user, write.path, answer))
         if answer.get("declined"):
-            return None
+            return None, spent
         if "errno" in answer:
             helper.stand_ins_sent.discard(name)  # if it did not load, the next call resends it
             raise Unavailable(f"{argv[0]} failed in the user's helper: {answer['reason']}")
         metrics.STAND_IN_CALLS.inc()
-        return Completed(
+        done = Completed(
             tuple(argv), int(answer["status"]), str(answer["stdout"]), str(answer["stderr"])
         )
+        return done, spent
 
     async def _run_in(
         self,

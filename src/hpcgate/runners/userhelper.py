@@ -5,8 +5,9 @@ The gateway starts it through the local runner's own identity switch (``chroot
 one end of a socket pair, and from then on asks it to
 
 * write a file (``write``): opened and written here, as the user, with no new process,
-  and then, if the request carries one, make a call (``then``, below) whose answer is
-  the request's (a job script and its submit in one exchange; no call if the write fails);
+  and then, if the request carries one, make a call (``then``, below): a job script and
+  its submit in one exchange. The stand-in is loaded first; the helper then says
+  ``written`` and the call's answer is the request's (no call if the write fails);
 * start a program (``spawn``): ``posix_spawn`` (a vfork: cheap, since no ids change) with
   the three pipe ends the gateway sent along (``SCM_RIGHTS``), in a new session, and
   report its pid at once and its exit status when it ends (watched through a pidfd);
@@ -119,15 +120,17 @@ def _call(sock: socket.socket, request: int, message: dict[str, object]) -> None
     _send(sock, answer)
 
 
-def _begin_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
-    """Load the call's stand-in if its source came with it, then queue the call."""
+def _loaded(sock: socket.socket, request: int, message: dict[str, object]) -> bool:
+    """Load the call's stand-in if its source came with it (before anything else of the
+    request, so that a later call finds it whatever became of this one); False, with the
+    error sent as the request's answer, when it does not load."""
     try:
         if "source" in message:
             _load(str(message["module"]), str(message.pop("source")))
-    except Exception as exc:  # the stand-in does not load: an error
+    except Exception as exc:
         _send(sock, {"id": request, "errno": 0, "reason": repr(exc)})
-    else:
-        _start_call(sock, request, message)
+        return False
+    return True
 
 
 def _start_call(sock: socket.socket, request: int, message: dict[str, object]) -> None:
@@ -234,17 +237,22 @@ def serve(sock: socket.socket) -> None:
             try:
                 if message["op"] == "write":
                     then = message.get("then")
-                    try:
-                        _write(str(message["path"]), payload)
-                    except OSError as exc:  # then nothing is called
-                        _send(sock, _failure(request, exc) | {"stage": "write"})
+                    if isinstance(then, dict) and not _loaded(sock, request, then):
+                        pass  # its stand-in does not load: nothing written, nothing called
                     else:
-                        if isinstance(then, dict):  # a call that reads the file
-                            _begin_call(sock, request, then)
+                        try:
+                            _write(str(message["path"]), payload)
+                        except OSError as exc:  # then nothing is called
+                            _send(sock, _failure(request, exc) | {"stage": "write"})
                         else:
-                            _send(sock, {"id": request})
+                            if isinstance(then, dict):  # a call that reads the file
+                                _send(sock, {"id": request, "written": True})
+                                _start_call(sock, request, then)
+                            else:
+                                _send(sock, {"id": request})
                 elif message["op"] == "call":
-                    _begin_call(sock, request, message)
+                    if _loaded(sock, request, message):
+                        _start_call(sock, request, message)
                 elif message["op"] == "spawn":
                     pid = _spawn(message, fds)
                     pidfd = os.pidfd_open(pid)

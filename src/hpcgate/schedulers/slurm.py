@@ -701,6 +701,8 @@ class Slurm(Scheduler):
         return self.parse_ended_jobs_except(result, ())
 
     def parse_ended_jobs_except(self, result: Completed, settled: Container[str]) -> list[Ending]:
+        if type(self).parse_ended_jobs is not Slurm.parse_ended_jobs:  # a subclass's parser
+            return super().parse_ended_jobs_except(result, settled)
         if not result.ok:
             raise self.error_for(result)
         history: dict[str, list[JobRecord]] = {}  # job id -> its row, then its steps

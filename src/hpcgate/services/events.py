@@ -463,18 +463,20 @@ class EventService(JobEventSink):
     async def _finals(
         self, machine: str, rnd: _Round, endings: list[Ending], *, announce: bool
     ) -> None:
-        new: list[tuple[Ending, Seen | None]] = []
+        new: dict[str, tuple[Ending, Seen | None]] = {}  # the first ending of each job
         for ending in endings:
             seen = rnd.current(ending.job.id)
-            if ending.job.uid is not None and not (seen is not None and seen.final and seen.stored):
-                new.append((ending, seen))
+            if ending.job.uid is None or ending.job.id in new:
+                continue
+            if not (seen is not None and seen.final and seen.stored):
+                new[ending.job.id] = (ending, seen)
         stored = False
         if new:
-            finished = {ending.job.id: ending.rows for ending, _ in new}
+            finished = {jobid: ending.rows for jobid, (ending, _) in new.items()}
             with contextlib.suppress(StoreUnavailable):  # kept at a later read, then
                 await self.store.put_finished_many(machine, finished, self.config.finished_ttl)
                 stored = True
-        for ending, seen in new:
+        for ending, seen in new.values():
             job = ending.job
             assert job.uid is not None
             word = state_word(job)

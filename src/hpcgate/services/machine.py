@@ -24,6 +24,7 @@ from hpcgate.errors import (
     Forbidden,
     GatewayError,
     NotFound,
+    NotWritten,
     TimedOut,
     Unavailable,
 )
@@ -113,10 +114,10 @@ class Machine:
         after_writing: tuple[str, bytes] | None = None,
     ) -> Completed:
         """Run a scheduler command as the user; ``after_writing`` (a path and its bytes)
-        is written first, under the command limits (a job script and its submit)."""
+        is written first, under the command limits, in the same exchange (a job script
+        and its submit: see :meth:`Runner.joins_write_and_run`; NotWritten if it fails)."""
         if after_writing is None:
             call = self.runner.run(account, argv, limits=self.scheduler_limits, cwd=cwd)
-            timeout = self.scheduler_limits.timeout
         else:
             path, data = after_writing
             call = self.runner.write_then_run(
@@ -128,16 +129,15 @@ class Machine:
                 limits=self.scheduler_limits,
                 cwd=cwd,
             )
-            timeout = self.scheduler_limits.timeout + self.command_limits.timeout
         try:
             return await metrics.scheduler_call(self.name, argv[0], call)
         except TimedOut:
             # A scheduler that does not answer in time is a sick scheduler (503), not a
             # slow user command (504).
-            what = f"the scheduler of {self.name} did not answer"
-            if after_writing is not None:
-                what = f"writing {after_writing[0]} and submitting it did not finish"
-            raise Unavailable(f"{what} within {timeout:g} s; try again later") from None
+            raise Unavailable(
+                f"the scheduler of {self.name} did not answer within "
+                f"{self.scheduler_limits.timeout:g} s; try again later"
+            ) from None
 
     async def run_command(self, account: UnixAccount, command_line: str) -> CommandResult:
         """Run a command line with the user's shell; a failing command is still a result."""
@@ -207,12 +207,18 @@ class Machine:
         workdir = options.working_dir or posixpath.dirname(path)
         options = replace(options, working_dir=account.resolve_path(workdir))
         argv = self.scheduler.submit_argv(path, options)
+        limits = (self.command_limits, self.scheduler_limits)
+        if script is not None and not self.runner.joins_write_and_run(argv[0], *limits):
+            await self.runner.write_file(account, *script, limits=self.command_limits)
+            script = None  # written
         done: Completed | None = None
         try:
             done = await self._schedule(account, argv, after_writing=script)
             jobid = self.scheduler.parse_submit(done)
+        except NotWritten as failed:  # as when the script is written alone: nothing ran
+            raise failed.error from None
         except BadRequest:
-            if generated:  # refused, or not written whole: a script nobody asked to keep goes
+            if generated:  # Slurm refused it: a script nobody asked to keep goes too
                 await self.runner.run(account, ["rm", "-f", "--", path], limits=self.command_limits)
             raise
         except GatewayError as exc:

@@ -34,8 +34,8 @@ from hpcgate.stores.sqlite_file import SqliteFile
 
 PURGE_EVERY = 60.0
 TRIM_EVERY = 32
-"""A user's oldest events past ``max_per_user`` go every this many of their events (and
-at a process's first): up to this many more may be kept meanwhile."""
+"""A user's oldest events past ``max_per_user`` go every this many of their events that a
+process appends (and at its first): each process may leave up to this many more."""
 OTHER_PROCESSES_POLL = 1.0  # seconds: how soon appends by another process are seen
 
 _SCHEMA = """

@@ -80,9 +80,9 @@ class SqliteFile:
         return self._thread
 
     async def run(self, action: Callable[[sqlite3.Connection], T]) -> T:
-        """``action`` on the connection, in the file's own thread (one call at a time: a
-        hand-off to one waiting thread costs less than to a shared pool's, with no lock
-        to contend for); StoreUnavailable on failure."""
+        """``action`` on the connection, in the file's own thread, one call at a time (a
+        hand-off to one waiting thread costs less than to a shared pool's, whose threads
+        then contend for the connection); StoreUnavailable on failure."""
 
         def locked() -> T:
             with self._lock:
@@ -120,6 +120,9 @@ class SqliteFile:
                     self._connection = None
 
         await asyncio.get_running_loop().run_in_executor(self._worker(), close)
+        if self._thread is not None:  # its thread ends; a later call makes another
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
 
 @contextlib.contextmanager
