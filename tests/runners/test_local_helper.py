@@ -412,6 +412,37 @@ def test_a_write_and_the_call_that_reads_it_are_one_request(
         Path(path).parent.rmdir()
 
 
+def test_a_write_that_does_not_finish_is_its_own_timeout_and_nothing_is_called(
+    stand_in: HelperRunner, alice: UnixAccount, public_dir: Path
+) -> None:
+    # the helper stopped (as if stuck in a file system) before it reads the request: the
+    # write's own limit ends it, with a write's error, and the call never comes
+    where = public_dir / "stuck-write"
+    where.mkdir(mode=0o777)
+    where.chmod(0o777)
+    called = where / "called"
+
+    async def scenario() -> None:
+        await stand_in.run(alice, ["true"], limits=LIMITS)  # the helper is up
+        (helper,) = stand_in._helpers.values()
+        os.kill(helper.pid, signal.SIGSTOP)
+        write = Limits(timeout=1.0, output_bytes=1024)
+        argv = ["echo", "slow", "0", str(called)]
+        with pytest.raises(NotWritten) as late:
+            await stand_in.write_then_run(
+                alice, f"{alice.home}/stuck.sh", b"x", argv, write_limits=write, limits=LIMITS
+            )
+        assert isinstance(late.value.error, TimedOut)
+        assert f"writing {alice.home}/stuck.sh did not finish within 1 s" in str(late.value)
+        assert _gone(helper), "the stuck helper was stopped"
+        ran = await stand_in.run(alice, ["echo", "after"], limits=LIMITS)  # a new helper
+        assert ran.returncode == 3
+
+    asyncio.run(scenario())
+    assert not called.exists(), "the call came after all"
+    Path(f"{alice.home}/stuck.sh").unlink(missing_ok=True)
+
+
 def test_a_stand_in_that_fails_or_hangs_is_an_error_and_never_answers_late(
     stand_in: HelperRunner, alice: UnixAccount
 ) -> None:

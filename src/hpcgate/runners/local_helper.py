@@ -614,11 +614,16 @@ class HelperRunner(LocalRunner):
             message = {"op": "write", "path": write.path, "then": message}
             payload, written = write.data, asyncio.get_running_loop().create_future()
         answering = asyncio.ensure_future(helper.request(message, payload, written=written))
+
+        def writing() -> _Write | None:
+            """The write, until the helper has said it is done."""
+            return write if written is not None and not written.done() else None
+
         started = time.monotonic()
         try:
-            if write is not None and written is not None:
+            if (pending := writing()) is not None and written is not None:
                 first: set[asyncio.Future[Any]] = {written, answering}
-                async with asyncio.timeout(write.limits.timeout):
+                async with asyncio.timeout(pending.limits.timeout):
                     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
                 started = time.monotonic()
             async with asyncio.timeout(limits.timeout):
@@ -629,17 +634,14 @@ class HelperRunner(LocalRunner):
             # goes, its thread with it. Whatever reached the scheduler before stays.
             answering.cancel()
             await asyncio.shield(helper.stop())
-            if write is not None and written is not None and not written.done():
-                raise NotWritten(
-                    TimedOut(
-                        f"writing {write.path} did not finish within {write.limits.timeout:g} s"
-                    )
-                ) from None
+            if (pending := writing()) is not None:
+                late = f"writing {pending.path} did not finish within {pending.limits.timeout:g} s"
+                raise NotWritten(TimedOut(late)) from None
             raise timed_out(argv, limits) from None
         except HelperGone as exc:
             helper.stand_ins_sent.discard(name)
-            if write is not None and written is not None and not written.done():
-                reason = f"the helper writing {write.path} exited ({exc}); try again"
+            if (pending := writing()) is not None:
+                reason = f"the helper writing {pending.path} exited ({exc}); try again"
                 raise NotWritten(Unavailable(reason)) from None
             raise Unavailable(f"the outcome of {argv[0]} is unknown: {exc}") from None
         except BaseException:

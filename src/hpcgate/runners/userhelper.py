@@ -212,6 +212,29 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _write_then_call(
+    sock: socket.socket, request: int, message: dict[str, object], payload: bytes
+) -> None:
+    """Write ``payload`` to the request's path; then, if it carries a call (``then``: one
+    that reads the file), say ``written`` and queue the call, whose answer is the
+    request's. The call's stand-in is loaded first, so that a later call finds it whatever
+    becomes of this write; a failed write answers with ``stage: write``, calling nothing."""
+    then = message.get("then")
+    call = then if isinstance(then, dict) else None
+    if call is not None and not _loaded(sock, request, call):
+        return  # its stand-in does not load: nothing written, nothing called
+    try:
+        _write(str(message["path"]), payload)
+    except OSError as exc:
+        _send(sock, _failure(request, exc) | {"stage": "write"})
+        return
+    if call is None:
+        _send(sock, {"id": request})
+    else:
+        _send(sock, {"id": request, "written": True})
+        _start_call(sock, request, call)
+
+
 def serve(sock: socket.socket) -> None:
     """Answer the gateway's requests until it closes its end."""
     os.set_inheritable(sock.fileno(), False)  # never passed on to a program it starts
@@ -236,20 +259,7 @@ def serve(sock: socket.socket) -> None:
             request = int(message["id"])  # type: ignore[call-overload]
             try:
                 if message["op"] == "write":
-                    then = message.get("then")
-                    if isinstance(then, dict) and not _loaded(sock, request, then):
-                        pass  # its stand-in does not load: nothing written, nothing called
-                    else:
-                        try:
-                            _write(str(message["path"]), payload)
-                        except OSError as exc:  # then nothing is called
-                            _send(sock, _failure(request, exc) | {"stage": "write"})
-                        else:
-                            if isinstance(then, dict):  # a call that reads the file
-                                _send(sock, {"id": request, "written": True})
-                                _start_call(sock, request, then)
-                            else:
-                                _send(sock, {"id": request})
+                    _write_then_call(sock, request, message, payload)
                 elif message["op"] == "call":
                     if _loaded(sock, request, message):
                         _start_call(sock, request, message)

@@ -465,9 +465,9 @@ class EventService(JobEventSink):
     ) -> None:
         new: dict[str, tuple[Ending, Seen | None]] = {}  # the first ending of each job
         for ending in endings:
-            seen = rnd.current(ending.job.id)
             if ending.job.uid is None or ending.job.id in new:
                 continue
+            seen = rnd.current(ending.job.id)
             if not (seen is not None and seen.final and seen.stored):
                 new[ending.job.id] = (ending, seen)
         stored = False

@@ -207,10 +207,12 @@ class Machine:
         workdir = options.working_dir or posixpath.dirname(path)
         options = replace(options, working_dir=account.resolve_path(workdir))
         argv = self.scheduler.submit_argv(path, options)
-        limits = (self.command_limits, self.scheduler_limits)
-        if script is not None and not self.runner.joins_write_and_run(argv[0], *limits):
+        joined = script is not None and self.runner.joins_write_and_run(
+            argv[0], self.command_limits, self.scheduler_limits
+        )
+        if script is not None and not joined:
             await self.runner.write_file(account, *script, limits=self.command_limits)
-            script = None  # written
+            script = None  # written: the submit alone is left
         done: Completed | None = None
         try:
             done = await self._schedule(account, argv, after_writing=script)

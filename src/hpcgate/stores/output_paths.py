@@ -71,6 +71,7 @@ class SqliteOutputPaths(OutputPathStore):
                 rows,
             )
 
+        # several rows in one transaction; one row is a transaction of its own
         await (self.file.transaction if len(records) > 1 else self.file.run)(put)
 
     async def get(self, machine: str, jobid: str) -> OutputRecord | None:

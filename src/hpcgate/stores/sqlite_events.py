@@ -251,16 +251,16 @@ class SqliteEventStore(EventStore, WebhookStore):
         self, machine: str, finished: Mapping[str, list[JobRecord]], ttl: float
     ) -> None:
         expires = time.time() + ttl
-        values = [(machine, job, encode_records(rows), expires) for job, rows in finished.items()]
 
-        def put(db: sqlite3.Connection) -> None:
+        def put(db: sqlite3.Connection) -> None:  # encoded here: off the event loop
             db.executemany(
                 "INSERT OR REPLACE INTO finished_jobs (machine, jobid, rows, expires) "
                 "VALUES (?, ?, ?, ?)",
-                values,
+                [(machine, job, encode_records(rows), expires) for job, rows in finished.items()],
             )
 
-        await (self.file.transaction if len(values) > 1 else self.file.run)(put)
+        # several rows in one transaction; one row is a transaction of its own
+        await (self.file.transaction if len(finished) > 1 else self.file.run)(put)
 
     async def get_finished(self, machine: str, jobid: str) -> list[JobRecord] | None:
         def read(db: sqlite3.Connection) -> str | None:
